@@ -1,0 +1,48 @@
+"""One-shot generation for a single prompt with a dense KV cache (the engine does batching later)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .model.kv_cache import DenseKVCache
+from .model.step_audio import StepAudioForCausalLM
+
+
+def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    """Greedy when temperature is 0, otherwise a draw from softmax(logits / temperature)."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def generate_tokens(model: StepAudioForCausalLM, prompt_ids: list[int], *,
+                    audio_embeds: list[torch.Tensor] | None = None, audio_patch_id: int | None = None,
+                    max_new_tokens: int = 256, stop_token_ids: set[int] | frozenset[int] = frozenset(),
+                    temperature: float = 0.0, seed: int | None = None) -> Iterator[int]:
+    """Yield new token ids: one prefill over the prompt, then one cached decode step per token.
+
+    Stops after a stop token (which is yielded) or after max_new_tokens.
+    """
+    cfg = model.config.text
+    device = model.lm_head.weight.device
+    total = len(prompt_ids) + max_new_tokens
+    if total > cfg.max_position_embeddings:
+        raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                         f"model's {cfg.max_position_embeddings} positions")
+    cache = DenseKVCache(cfg.num_hidden_layers, 1, total, cfg.num_key_value_heads, cfg.head_dim,
+                         model.lm_head.weight.dtype, device)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    ids = torch.tensor([prompt_ids], device=device)
+    positions = torch.arange(len(prompt_ids), device=device)[None]
+    hidden = model(ids, positions, audio_embeds, audio_patch_id, kv_cache=cache)
+    for step in range(max_new_tokens):
+        token = sample_next(model.compute_logits(hidden[0, -1]), temperature, generator)
+        yield token
+        if token in stop_token_ids:
+            return
+        pos = len(prompt_ids) + step
+        hidden = model(torch.tensor([[token]], device=device), torch.tensor([[pos]], device=device), kv_cache=cache)

@@ -1,0 +1,49 @@
+"""KV-cache interface for the decoder, and the simple dense cache used for one-shot generation.
+
+The decoder hands each layer's new keys and values to the cache and lets the cache run attention,
+so a paged cache (the engine's) can replace this one without touching the model.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class KVCache(Protocol):
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               positions: torch.Tensor) -> torch.Tensor:
+        """Store k, v [B, Hkv, T, D] at `positions` [B, T]; return attention of q [B, H, T, D]."""
+        ...
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention with no cache: the T new tokens attend causally among themselves."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=True)
+
+
+class DenseKVCache:
+    """Contiguous per-layer buffers [B, Hkv, max_len, D]; every row of the batch shares positions."""
+
+    def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.max_len = max_len
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               positions: torch.Tensor) -> torch.Tensor:
+        start, t = int(positions[0, 0]), q.shape[2]
+        end = start + t
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; position {end - 1} is past it")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        keys, values = self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        if t == 1:
+            return F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
+        visible = torch.arange(end, device=q.device)[None, :] <= positions[0][:, None]
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, enable_gqa=True)

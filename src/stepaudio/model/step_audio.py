@@ -1,0 +1,75 @@
+"""StepAudio: encoder + adaptor + Qwen2 decoder, with audio features spliced into `<audio_patch>` rows."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import StepAudioConfig
+from .adaptor import Adaptor
+from .decoder import Qwen2Model
+from .encoder import AudioEncoder
+from .kv_cache import KVCache
+
+# How many mel frames the encoder is told are real: vLLM passes L, transformers passes L - 2.
+_LENGTH_TRIM = {"vllm": 0, "hf": 2}
+
+
+class StepAudioForCausalLM(nn.Module):
+    """Attribute names match the checkpoint: `encoder.*`, `adapter.*`, `model.*`, `lm_head.*`."""
+
+    def __init__(self, config: StepAudioConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = AudioEncoder(config.audio)
+        self.adapter = Adaptor(config.audio)
+        self.model = Qwen2Model(config.text)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        if config.text.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @torch.inference_mode()
+    def encode_audio(self, mels: list[torch.Tensor], formula: str = "vllm") -> list[torch.Tensor]:
+        """Mel chunks [n_mels, L_i] -> one LLM-embedding tensor [n_i, hidden] per chunk.
+
+        Chunks are encoded one at a time, as vLLM does for a single item: padding a batch would let
+        the convolutions see padded frames and make a chunk's features depend on its neighbours.
+        """
+        if formula not in _LENGTH_TRIM:
+            raise ValueError(f"unknown audio token formula {formula!r}; use one of {sorted(_LENGTH_TRIM)}")
+        param = self.encoder.conv1.weight
+        out = []
+        for mel in mels:
+            length = torch.tensor([mel.shape[-1] - _LENGTH_TRIM[formula]], device=param.device)
+            feats, feat_lens = self.encoder(mel.to(param)[None], length)
+            emb, emb_lens = self.adapter(feats, feat_lens)
+            out.append(emb[0, : int(emb_lens[0])])
+        return out
+
+    def embed(self, input_ids: torch.Tensor, audio_embeds: list[torch.Tensor] | None,
+              audio_patch_id: int | None) -> torch.Tensor:
+        """Token embeddings with the `<audio_patch>` rows replaced, in order, by the audio embeddings."""
+        embeds = self.model.embed_tokens(input_ids)
+        if not audio_embeds:
+            return embeds
+        if audio_patch_id is None:
+            raise ValueError("audio embeddings were given without an <audio_patch> token id")
+        audio = torch.cat(audio_embeds).to(embeds.dtype)
+        slots = input_ids == audio_patch_id
+        n_slots = int(slots.sum())
+        if n_slots != audio.shape[0]:
+            raise ValueError(f"prompt has {n_slots} <audio_patch> tokens but the audio gives {audio.shape[0]} "
+                             "embeddings")
+        embeds = embeds.clone()
+        embeds[slots] = audio
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                audio_embeds: list[torch.Tensor] | None = None, audio_patch_id: int | None = None,
+                kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Final hidden states [B, T, H]; turn the rows you need into logits with `compute_logits`."""
+        embeds = self.embed(input_ids, audio_embeds, audio_patch_id)
+        return self.model(embeds, positions, kv_cache)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
