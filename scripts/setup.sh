@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install stepaudio into ./.venv. Safe to run again: it only adds what is missing.
+#   bash scripts/setup.sh         runtime (CLI, model core)
+#   bash scripts/setup.sh --dev   plus what the tests need (pytest, transformers as a numerical
+#                                 reference, ffmpeg and espeak-ng to make test audio)
+# torch is pinned to the CPU wheel (torch==2.13.0); GPU users set STEPAUDIO_TORCH, e.g.
+#   STEPAUDIO_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+python=${PYTHON:-python3}
+
+apt_packages=()
+"$python" -c "import ensurepip" 2>/dev/null || apt_packages+=(python3-venv)
+if [ "$dev" = 1 ]; then apt_packages+=(ffmpeg espeak-ng); fi
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "setup: apt-get install ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+extras=""
+[ "$dev" = 1 ] && extras="[dev]"
+# torch comes first in the same resolve so nothing can pull a CUDA build.
+# shellcheck disable=SC2086
+.venv/bin/pip install --quiet --disable-pip-version-check ${STEPAUDIO_TORCH:-torch==2.13.0} -e ".${extras}"
+echo "setup: ready (.venv/bin/stepaudio)"
