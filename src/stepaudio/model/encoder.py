@@ -34,11 +34,9 @@ class EncoderAttention(nn.Module):
         q = self.query(x).view(b, t, h, -1).transpose(1, 2) * scale
         k = self.key(x).view(b, t, h, -1).transpose(1, 2) * scale
         v = self.value(x).view(b, t, h, -1).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2)
-        if key_bias is not None:
-            scores = scores + key_bias
-        weights = scores.float().softmax(dim=-1).to(q.dtype)  # softmax in fp32, as upstream
-        out = (weights @ v).transpose(1, 2).reshape(b, t, d)
+        # The q and k scaling above replaces SDPA's own; its kernels accumulate the softmax in fp32.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, scale=1.0)
+        out = out.transpose(1, 2).reshape(b, t, d)
         return self.out(out)
 
 
