@@ -88,3 +88,14 @@ def test_bad_messages(messages, kwargs, message):
 
 def test_custom_template_is_used():
     assert render_chat([{"role": "user", "content": "Q"}], template="{{ messages[0].content }}!") == "Q!"
+
+
+def test_load_chat_template_from_file_or_string(tmp_path):
+    from stepaudio.text.chat_template import load_chat_template
+
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ messages[0].content }}?")
+    assert load_chat_template(str(path)) == "{{ messages[0].content }}?"
+    assert load_chat_template("{{ 1 }}") == "{{ 1 }}"
+    with pytest.raises(ChatTemplateError, match="neither a readable file nor a Jinja template"):
+        load_chat_template("no-such-file.jinja")

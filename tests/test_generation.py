@@ -127,3 +127,20 @@ def test_make_tiny_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "t").glob("model-0000?-of-00003.safetensors"))) == 3
     assert load_model(tmp_path / "t").lm_head.weight.dtype == torch.bfloat16
+
+
+def test_generate_cli_takes_a_chat_template(tiny_dir, tmp_path):
+    template = tmp_path / "plain.jinja"
+    template.write_text("{{ messages[-1].content }}")
+    done = run_cli("generate", "--model", str(tiny_dir), "--prompt", "Hello there", "--max-tokens", "2",
+                   "--chat-template", str(template))
+    assert done.returncode == 0, done.stderr
+    assert "prompt tokens (0 audio)" in done.stderr
+    prompt_tokens = int(done.stderr.split("[")[-1].split()[0])
+    assert prompt_tokens == len(StepTokenizer.from_dir(tiny_dir).encode("Hello there"))  # no R1 framing
+
+
+def test_empty_prompt_is_refused(setup):
+    model, _, _ = setup
+    with pytest.raises(ValueError, match="prompt is empty"):
+        next(generate_tokens(model, []))

@@ -41,6 +41,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dtype", default=None, help="bfloat16 | float16 | float32 (default: the checkpoint's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--chat-template", default=None,
+                   help="Jinja file or template string (default: the checkpoint's, else the official R1 template)")
     p.add_argument("--audio-token-formula", default="vllm", choices=["vllm", "hf"],
                    help="vllm (default, as the served R1 numbers) or hf (L-2, the transformers path)")
     p.set_defaults(func=_run_generate)
@@ -48,6 +50,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _run_generate(args: argparse.Namespace) -> None:
     from .pipeline import answer_audio_question
+    from .text.chat_template import load_chat_template
 
     if args.audio is None and not args.prompt:
         raise ValueError("give --audio, --prompt or both")
@@ -55,7 +58,8 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise ValueError("--max-tokens must be at least 1")
     result = answer_audio_question(args.model, audio=args.audio, prompt=args.prompt, system=args.system,
                                    max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-                                   dtype=args.dtype, device=args.device, formula=args.audio_token_formula)
+                                   dtype=args.dtype, device=args.device, formula=args.audio_token_formula,
+                                   template=load_chat_template(args.chat_template) if args.chat_template else None)
     print("── thinking ──")
     print(result.reasoning)
     print("── answer ──")

@@ -27,6 +27,8 @@ def generate_tokens(model: StepAudioForCausalLM, prompt_ids: list[int], *,
 
     Stops after a stop token (which is yielded) or after max_new_tokens.
     """
+    if not prompt_ids:
+        raise ValueError("the prompt is empty: nothing to generate from")
     cfg = model.config.text
     device = model.lm_head.weight.device
     total = len(prompt_ids) + max_new_tokens

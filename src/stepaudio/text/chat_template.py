@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -125,6 +126,16 @@ def _cut_after_final_message(rendered: str, final: str) -> str:
     if rendered[start:start + len(final.lstrip())] == final.lstrip():
         return rendered[: start + len(final.lstrip())]
     return rendered[: start + len(final.strip())]
+
+
+def load_chat_template(value: str) -> str:
+    """A `--chat-template` value, as vLLM takes it: a path to a Jinja file, or the template itself."""
+    path = Path(value)
+    if len(value) < 4096 and path.is_file():
+        return path.read_text()
+    if "{{" in value or "{%" in value:
+        return value
+    raise ChatTemplateError(f"chat template {value!r} is neither a readable file nor a Jinja template")
 
 
 def render_chat(messages: Sequence[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
