@@ -38,7 +38,7 @@ def greedy_by_recomputation(model, ids, embeds, patch_id, n):
     with torch.no_grad():
         for _ in range(n):
             t = torch.tensor([ids])
-            hidden = model(t, torch.arange(len(ids))[None], embeds, patch_id)
+            hidden = model(t, torch.arange(len(ids))[None], torch.cat(embeds), t == patch_id)
             token = int(model.compute_logits(hidden[0, -1]).argmax())
             out.append(token)
             ids.append(token)
@@ -69,8 +69,9 @@ def test_audio_changes_the_output(setup):
     with torch.no_grad():
         ids = torch.tensor([prepared.token_ids])
         pos = torch.arange(len(prepared.token_ids))[None]
-        a = model.compute_logits(model(ids, pos, loud, tok.audio_patch_id)[0, -1])
-        b = model.compute_logits(model(ids, pos, quiet, tok.audio_patch_id)[0, -1])
+        rows = ids == tok.audio_patch_id
+        a = model.compute_logits(model(ids, pos, torch.cat(loud), rows)[0, -1])
+        b = model.compute_logits(model(ids, pos, torch.cat(quiet), rows)[0, -1])
     assert (a - b).abs().max().item() > 1e-3
 
 

@@ -40,7 +40,9 @@ def generate_tokens(model: StepAudioForCausalLM, prompt_ids: list[int], *,
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     ids = torch.tensor([prompt_ids], device=device)
     positions = torch.arange(len(prompt_ids), device=device)[None]
-    hidden = model(ids, positions, audio_embeds, audio_patch_id, kv_cache=cache)
+    audio = torch.cat(audio_embeds) if audio_embeds else None
+    rows = ids == audio_patch_id if audio is not None else None
+    hidden = model(ids, positions, audio, rows, kv_cache=cache)
     for step in range(max_new_tokens):
         token = sample_next(model.compute_logits(hidden[0, -1]), temperature, generator)
         yield token

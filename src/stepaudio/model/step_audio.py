@@ -46,30 +46,28 @@ class StepAudioForCausalLM(nn.Module):
             out.append(emb[0, : int(emb_lens[0])])
         return out
 
-    def embed(self, input_ids: torch.Tensor, audio_embeds: list[torch.Tensor] | None,
-              audio_patch_id: int | None) -> torch.Tensor:
-        """Token embeddings with the `<audio_patch>` rows replaced, in order, by the audio embeddings."""
+    def embed(self, input_ids: torch.Tensor, audio_embeds: torch.Tensor | None = None,
+              audio_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the rows marked in `audio_rows` replaced, in order, by `audio_embeds`.
+
+        The caller marks the rows (the prompt's `<audio_patch>` positions), so a generated token that
+        happens to be `<audio_patch>` is never mistaken for audio.
+        """
         embeds = self.model.embed_tokens(input_ids)
-        if not audio_embeds:
+        if audio_embeds is None or audio_rows is None:
             return embeds
-        if audio_patch_id is None:
-            raise ValueError("audio embeddings were given without an <audio_patch> token id")
-        audio = torch.cat(audio_embeds).to(embeds.dtype)
-        slots = input_ids == audio_patch_id
-        n_slots = int(slots.sum())
-        if n_slots != audio.shape[0]:
-            raise ValueError(f"prompt has {n_slots} <audio_patch> tokens but the audio gives {audio.shape[0]} "
+        n_rows = int(audio_rows.sum())
+        if n_rows != audio_embeds.shape[0]:
+            raise ValueError(f"prompt has {n_rows} <audio_patch> tokens but the audio gives {audio_embeds.shape[0]} "
                              "embeddings")
         embeds = embeds.clone()
-        embeds[slots] = audio
+        embeds[audio_rows] = audio_embeds.to(embeds.dtype)
         return embeds
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                audio_embeds: list[torch.Tensor] | None = None, audio_patch_id: int | None = None,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, audio_embeds: torch.Tensor | None = None,
+                audio_rows: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Final hidden states [B, T, H]; turn the rows you need into logits with `compute_logits`."""
-        embeds = self.embed(input_ids, audio_embeds, audio_patch_id)
-        return self.model(embeds, positions, kv_cache)
+        return self.model(self.embed(input_ids, audio_embeds, audio_rows), positions, kv_cache)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
