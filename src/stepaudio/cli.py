@@ -61,7 +61,7 @@ def _run_generate(args: argparse.Namespace) -> None:
                                    dtype=args.dtype, device=args.device, formula=args.audio_token_formula,
                                    template=load_chat_template(args.chat_template) if args.chat_template else None)
     print("── thinking ──")
-    print(result.reasoning)
+    print(result.reasoning.strip("\n"))
     print("── answer ──")
     print(result.answer)
     print(f"[{result.prompt_tokens} prompt tokens ({result.audio_tokens} audio), {result.completion_tokens} "
