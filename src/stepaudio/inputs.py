@@ -6,11 +6,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import base64
+import binascii
+from urllib.parse import unquote, urlparse
+
 import numpy as np
 import torch
 
 from .audio.features import log_mel_spectrogram, num_audio_tokens
-from .text.chat_template import count_audio_parts, render_chat
+from .audio.io import AudioError, load_audio, split_chunks
+from .text.chat_template import AUDIO_PART_TYPES, count_audio_parts, render_chat
 from .text.tokenizer import StepTokenizer
 
 
@@ -41,3 +46,51 @@ def prepare_chat(tokenizer: StepTokenizer, messages: Sequence[dict[str, Any]], a
     counts = [num_audio_tokens(m.shape[-1], formula=formula) for m in mels]
     ids = tokenizer.expand_audio(tokenizer.encode(prompt), counts)
     return PreparedPrompt(prompt=prompt, token_ids=ids, mels=mels, audio_tokens=counts)
+
+
+def decode_audio_part(part: dict[str, Any]) -> np.ndarray:
+    """The 16 kHz waveform of one audio content part (offline use: local files are allowed)."""
+    kind = part.get("type")
+    if kind == "input_audio":
+        return load_audio(_b64decode((part.get("input_audio") or {}).get("data", "")))
+    if kind == "audio_url":
+        url = (part.get("audio_url") or {}).get("url", "")
+        if url.startswith("data:"):
+            return load_audio(_b64decode(url.partition(",")[2]))
+        if url.startswith("file://"):
+            return load_audio(unquote(urlparse(url).path))
+        raise AudioError(f"audio_url must be a data: or file:// URL offline, got {url[:40]!r}")
+    audio = part.get("audio")
+    if isinstance(audio, np.ndarray):
+        return audio.astype(np.float32, copy=False)
+    return load_audio(audio)
+
+
+def _b64decode(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise AudioError(f"audio data is not valid base64: {e}") from None
+
+
+def resolve_audio_parts(messages: Sequence[dict[str, Any]], max_chunk_seconds: float = 25.0
+                        ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Decode every audio part and cut it into <= 25 s chunks, one audio part per chunk, as the official
+    client sends long audio. Returns the rewritten messages and the chunks in prompt order."""
+    chunks: list[np.ndarray] = []
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            out.append(message)
+            continue
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") in AUDIO_PART_TYPES:
+                pieces = split_chunks(decode_audio_part(part), max_seconds=max_chunk_seconds)
+                chunks += pieces
+                parts += [{"type": "audio"}] * len(pieces)
+            else:
+                parts.append(part)
+        out.append({**message, "content": parts})
+    return out, chunks

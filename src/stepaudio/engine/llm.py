@@ -1,0 +1,82 @@
+"""LLM: the synchronous offline API, `LLM(model_dir).chat(conversations, params)`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..inputs import PreparedPrompt, prepare_chat, resolve_audio_parts
+from ..model.loader import load_model
+from ..text.tokenizer import StepTokenizer
+from .engine import EngineConfig, LLMEngine
+from .sampling import SamplingParams, TokenLogprobs
+
+
+@dataclass
+class Completion:
+    index: int
+    text: str
+    reasoning: str
+    content: str
+    token_ids: list[int]
+    finish_reason: str | None
+    stop_reason: str | int | None = None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+
+
+@dataclass
+class ChatResult:
+    request_id: str
+    prompt_tokens: int
+    audio_tokens: int
+    completions: list[Completion]
+
+
+class LLM:
+    def __init__(self, model_dir: str | Path, *, dtype: str | None = None, device: str = "cpu",
+                 **engine_options: Any):
+        self.tokenizer = StepTokenizer.from_dir(model_dir)
+        self.model = load_model(model_dir, dtype=dtype, device=device)
+        self.engine = LLMEngine(self.model, self.tokenizer, EngineConfig(**engine_options))
+        self._ids = itertools.count()
+
+    def prepare(self, messages: Sequence[dict[str, Any]], **template_options: Any) -> PreparedPrompt:
+        """Render one conversation; audio parts carry base64 data, data:/file URLs, paths or arrays."""
+        messages, audio = resolve_audio_parts(messages)
+        return prepare_chat(self.tokenizer, messages, audio, n_mels=self.model.config.audio.n_mels,
+                            formula=self.engine.config.audio_token_formula, **template_options)
+
+    def chat(self, conversations: Sequence[Sequence[dict[str, Any]]], params: SamplingParams | None = None,
+             **template_options: Any) -> list[ChatResult]:
+        prompts = [self.prepare(c, **template_options) for c in conversations]
+        return self.generate(prompts, params)
+
+    def generate(self, prompts: Sequence[PreparedPrompt], params: SamplingParams | None = None) -> list[ChatResult]:
+        """Run every prompt to completion with continuous batching; results in input order."""
+        params = params or SamplingParams()
+        results: dict[str, ChatResult] = {}
+        order = []
+        for prompt in prompts:
+            rid = f"llm-{next(self._ids)}"
+            self.engine.add_request(rid, prompt.token_ids, prompt.mels, params)
+            order.append(rid)
+            results[rid] = ChatResult(rid, 0, 0, [Completion(i, "", "", "", [], None) for i in range(params.n)])
+        with torch.inference_mode():
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    result = results[out.request_id]
+                    result.prompt_tokens, result.audio_tokens = out.prompt_tokens, out.audio_tokens
+                    for d in out.deltas:
+                        c = result.completions[d.index]
+                        c.text += d.text
+                        c.reasoning += d.reasoning
+                        c.content += d.content
+                        c.token_ids += d.token_ids
+                        c.logprobs += d.logprobs
+                        c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
+        return [results[rid] for rid in order]
