@@ -6,16 +6,9 @@ from collections.abc import Iterator
 
 import torch
 
+from .engine.sampling import Sampler, SamplingParams, SamplingRow
 from .model.kv_cache import DenseKVCache
 from .model.step_audio import StepAudioForCausalLM
-
-
-def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
-    """Greedy when temperature is 0, otherwise a draw from softmax(logits / temperature)."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 @torch.inference_mode()
@@ -37,14 +30,17 @@ def generate_tokens(model: StepAudioForCausalLM, prompt_ids: list[int], *,
                          f"model's {cfg.max_position_embeddings} positions")
     cache = DenseKVCache(cfg.num_hidden_layers, 1, total, cfg.num_key_value_heads, cfg.head_dim,
                          model.lm_head.weight.dtype, device)
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    # The engine's sampler, so one-shot and served generation draw tokens the same way.
+    sampler = Sampler(eos_token_ids=[])
+    row = SamplingRow.for_request(SamplingParams(temperature=temperature, seed=seed), prompt_ids, device=device)
     ids = torch.tensor([prompt_ids], device=device)
     positions = torch.arange(len(prompt_ids), device=device)[None]
     audio = torch.cat(audio_embeds) if audio_embeds else None
     rows = ids == audio_patch_id if audio is not None else None
     hidden = model(ids, positions, audio, rows, kv_cache=cache)
     for step in range(max_new_tokens):
-        token = sample_next(model.compute_logits(hidden[0, -1]), temperature, generator)
+        token = sampler(model.compute_logits(hidden[0, -1:]), [row]).token_ids[0]
+        row.output_ids.append(token)
         yield token
         if token in stop_token_ids:
             return
