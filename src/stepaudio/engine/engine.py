@@ -119,8 +119,7 @@ class LLMEngine:
             work.seq.num_computed = work.end
             if not work.completes:
                 return []
-            if work.seq.num_computed >= len(work.seq.prompt_ids):
-                self.blocks.register_full_blocks(work.seq.block_table, work.seq.cache_keys()[:work.end])
+            self.blocks.register_full_blocks(work.seq.block_table, work.seq.cache_keys())
             seqs, logits = [work.seq], logits[None]
         else:
             logits = self.runner.decode(work)

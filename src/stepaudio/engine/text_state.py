@@ -32,6 +32,7 @@ class SequenceText:
         if final:
             tail_reasoning, tail_content = self.reasoning.finish()
             reasoning, content = reasoning + tail_reasoning, content + tail_content
-        if self.in_reasoning and THINK_END in self.detokenizer.text:
+        # Only the new text and a marker's length before it can complete `</think>`: no rescan of the whole output.
+        if self.in_reasoning and THINK_END in self.detokenizer.text[-(len(text) + len(THINK_END)):]:
             self.in_reasoning = False
         return text, reasoning, content
