@@ -42,6 +42,19 @@ def test_chat_with_long_audio_in_every_part_form(llm, tmp_path):
     texts = {tuple(r.completions[0].token_ids) for r in results}
     assert len(texts) == 1 and len(next(iter(texts))) == 6
     assert all(r.completions[0].finish_reason == "length" for r in results)
+    assert all(r.completions[0].completion_tokens == 6 for r in results)
+    # The same audio and text again: every full block but the last prompt token's comes from the prefix cache.
+    assert results[0].cached_tokens == 0
+    assert results[-1].cached_tokens == (results[-1].prompt_tokens - 1) // 16 * 16 > 0
+
+
+def test_thinking_budget_is_reported_in_token_counts(llm):
+    conv = [{"role": "user", "content": "Think briefly."}]
+    [result] = llm.chat([conv], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, max_thinking_tokens=3))
+    completion = result.completions[0]
+    assert completion.reasoning_tokens == 3
+    assert completion.completion_tokens == len(completion.token_ids) == 20
+    assert result.prompt_tokens > 0 and result.audio_tokens == 0
 
 
 def test_bad_audio_part_is_a_clear_error(llm):

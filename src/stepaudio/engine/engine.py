@@ -163,7 +163,8 @@ class LLMEngine:
             self.scheduler.finish(seq, finish)
         return CompletionDelta(index=seq.index, token_ids=new_ids, text=text, reasoning=reasoning, content=content,
                                logprobs=[logprobs] if logprobs is not None else [], finish_reason=finish,
-                               stop_reason=stop_reason)
+                               stop_reason=stop_reason, completion_tokens=len(seq.output_ids),
+                               reasoning_tokens=seq.num_reasoning_tokens)
 
     def _finish_reason(self, seq: Sequence, token: int) -> tuple[str | None, str | int | None]:
         params = seq.params
@@ -180,8 +181,10 @@ class LLMEngine:
         finished = all(s.finish_reason is not None for s in request.seqs)
         if finished:
             del self.requests[request_id]
-        return RequestOutput(request_id=request_id, deltas=deltas, prompt_tokens=len(request.seqs[0].prompt_ids),
-                             audio_tokens=request.audio_tokens, finished=finished)
+        first = request.seqs[0]
+        return RequestOutput(request_id=request_id, deltas=deltas, prompt_tokens=len(first.prompt_ids),
+                             audio_tokens=request.audio_tokens, cached_tokens=first.num_cached_prompt_tokens,
+                             finished=finished)
 
     # ---- request checks -------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ class Completion:
     finish_reason: str | None
     stop_reason: str | int | None = None
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass
@@ -34,6 +36,7 @@ class ChatResult:
     request_id: str
     prompt_tokens: int
     audio_tokens: int
+    cached_tokens: int
     completions: list[Completion]
 
 
@@ -65,12 +68,13 @@ class LLM:
             rid = f"llm-{next(self._ids)}"
             self.engine.add_request(rid, prompt.token_ids, prompt.mels, params)
             order.append(rid)
-            results[rid] = ChatResult(rid, 0, 0, [Completion(i, "", "", "", [], None) for i in range(params.n)])
+            results[rid] = ChatResult(rid, 0, 0, 0, [Completion(i, "", "", "", [], None) for i in range(params.n)])
         with torch.inference_mode():
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
                     result = results[out.request_id]
                     result.prompt_tokens, result.audio_tokens = out.prompt_tokens, out.audio_tokens
+                    result.cached_tokens = out.cached_tokens
                     for d in out.deltas:
                         c = result.completions[d.index]
                         c.text += d.text
@@ -79,4 +83,5 @@ class LLM:
                         c.token_ids += d.token_ids
                         c.logprobs += d.logprobs
                         c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
+                        c.completion_tokens, c.reasoning_tokens = d.completion_tokens, d.reasoning_tokens
         return [results[rid] for rid in order]

@@ -19,12 +19,15 @@ class CompletionDelta:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     finish_reason: str | None = None   # "stop", "length" or "abort" once finished
     stop_reason: str | int | None = None
+    completion_tokens: int = 0         # generated so far by this sequence (forced `</think>` tokens included)
+    reasoning_tokens: int = 0          # of those, generated inside the think block
 
 
 @dataclass
 class RequestOutput:
     request_id: str
     deltas: list[CompletionDelta]
-    prompt_tokens: int
-    audio_tokens: int
+    prompt_tokens: int          # the whole rendered prompt, audio rows included
+    audio_tokens: int           # of those, <audio_patch> rows
+    cached_tokens: int          # of those, served from the prefix cache (0 until prefill has run)
     finished: bool              # every sequence of the request has finished

@@ -86,6 +86,8 @@ class Scheduler:
             seq.block_table, seq.num_computed = self.blocks.allocate(seq.cache_keys())
         except NoFreeBlocks:
             return None
+        if not seq.output_ids:  # a resumed (preempted) sequence keeps the count of its first admission
+            seq.num_cached_prompt_tokens = seq.num_computed
         self.waiting.popleft()
         seq.status = Status.RUNNING
         self.running.append(seq)

@@ -41,6 +41,7 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: str | None = None
     num_reasoning_tokens: int = 0
+    num_cached_prompt_tokens: int = 0   # prompt tokens the prefix cache served at first admission
     generator: torch.Generator | None = None   # per-request seed, so batch-mates never change a draw
 
     @property
