@@ -68,6 +68,13 @@ def test_batched_greedy_equals_single_requests(parts):
         assert batched[f"r{i}"] == single(parts, p, 12), i
 
 
+def test_compiled_decode_step_gives_the_eager_tokens(parts):
+    # Batch sizes 1..4 and growing contexts: one dynamic graph must serve them all with the same results.
+    reqs = prompts(parts[1], 5)
+    eager = run(make_engine(parts, max_num_seqs=4), reqs, GREEDY)
+    assert run(make_engine(parts, max_num_seqs=4, compile_decode=True), reqs, GREEDY) == eager
+
+
 def test_preemption_under_a_tiny_kv_budget_keeps_greedy_tokens(parts):
     reqs = prompts(parts[1], 6)
     engine = make_engine(parts, num_kv_blocks=24, block_size=4, enable_prefix_caching=False)

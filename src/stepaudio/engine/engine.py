@@ -39,6 +39,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     encoder_cache_size: int = 64              # audio chunks kept encoded
     audio_token_formula: str = "vllm"
+    compile_decode: bool = False              # torch.compile the decode step (first steps pay the compile)
 
 
 @dataclass
@@ -65,7 +66,7 @@ class LLMEngine:
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.encoder_cache = EncoderCache(model, config.encoder_cache_size, config.audio_token_formula)
-        self.runner = ModelRunner(model, self.pool, self.encoder_cache)
+        self.runner = ModelRunner(model, self.pool, self.encoder_cache, config.compile_decode)
         self.sampler = Sampler(eos_token_ids=tokenizer.eos_token_ids)
         self.requests: dict[str, _Request] = {}
         self._seq_ids = itertools.count()

@@ -42,19 +42,21 @@ class PagedAttention:
         device = pool.keys[0].device
         bs = pool.block_size
         self.pool = pool
-        self.num_new = num_new
-        self.context_lens = context_lens
-        self.max_len = max(context_lens)
+        max_len = max(context_lens)
         starts = [n - num_new for n in context_lens]
         self.write_slots = torch.tensor(
             [s for table, st, n in zip(block_tables, starts, context_lens) for s in slots_for(table, st, n, bs)],
             device=device)
         # Gather index [B, max_len] into the pool; padded tails point at slot 0 and are masked.
-        rows = [slots_for(table, 0, n, bs) + [0] * (self.max_len - n) for table, n in zip(block_tables, context_lens)]
+        rows = [slots_for(table, 0, n, bs) + [0] * (max_len - n) for table, n in zip(block_tables, context_lens)]
         self.read_slots = torch.tensor(rows, device=device)
-        key_pos = torch.arange(self.max_len, device=device)
-        query_pos = torch.tensor(starts, device=device)[:, None] + torch.arange(num_new, device=device)[None]
-        self.mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]  # [B, 1, T, max_len]
+        # One row decoding one token sees its whole context: no mask. Deciding here, not from the shapes in
+        # attend(), keeps a compiled decode step free of guards on the batch size.
+        self.mask: torch.Tensor | None = None
+        if len(context_lens) > 1 or num_new > 1:
+            key_pos = torch.arange(max_len, device=device)
+            query_pos = torch.tensor(starts, device=device)[:, None] + torch.arange(num_new, device=device)[None]
+            self.mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]  # [B, 1, T, max_len]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor) -> torch.Tensor:
@@ -63,6 +65,4 @@ class PagedAttention:
         values[self.write_slots] = v.transpose(1, 2).reshape(-1, *values.shape[1:])
         k_all = keys[self.read_slots].transpose(1, 2)  # [B, Hkv, max_len, D]
         v_all = values[self.read_slots].transpose(1, 2)
-        if len(self.context_lens) == 1 and self.num_new == 1:
-            return F.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=True)
         return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=self.mask, enable_gqa=True)

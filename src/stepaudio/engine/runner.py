@@ -37,11 +37,16 @@ class EncoderCache:
 
 
 class ModelRunner:
-    def __init__(self, model: StepAudioForCausalLM, pool: KVPool, encoder_cache: EncoderCache):
+    def __init__(self, model: StepAudioForCausalLM, pool: KVPool, encoder_cache: EncoderCache,
+                 compile_decode: bool = False):
         self.model = model
         self.pool = pool
         self.encoder_cache = encoder_cache
         self.device = model.lm_head.weight.device
+        # The decode step is the same small graph every step: torch.compile fuses its elementwise work
+        # (norms, RoPE, SiLU) and drops per-op overhead. Dynamic shapes, so batch size and context length
+        # changes reuse one graph. Prefill runs eagerly: it is large enough that overhead does not matter.
+        self._decode_forward = torch.compile(model.forward, dynamic=True) if compile_decode else model.forward
 
     @torch.inference_mode()
     def prefill(self, step: PrefillStep) -> torch.Tensor:
@@ -61,7 +66,7 @@ class ModelRunner:
         ids = torch.tensor([[s.token_ids[-1]] for s in seqs], device=self.device)
         positions = torch.tensor([[s.num_tokens - 1] for s in seqs], device=self.device)
         context = PagedAttention(self.pool, [s.block_table for s in seqs], [s.num_tokens for s in seqs], 1)
-        hidden = self.model(ids, positions, kv_cache=context)
+        hidden = self._decode_forward(ids, positions, kv_cache=context)
         return self.model.compute_logits(hidden[:, -1])
 
     def _audio_for(self, seq: Sequence, start: int, end: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
