@@ -47,6 +47,7 @@ ENCODERS = {
     "r1": AudioEncoderConfig(n_audio_state=1280, n_audio_head=20, n_audio_layer=32, llm_dim=896),
 }
 SAMPLE_RATE = 16000
+COMPILE_DECODE = False  # set by --compile-decode
 
 
 # ---- set-up -------------------------------------------------------------------------------------
@@ -89,7 +90,8 @@ def greedy(max_tokens: int) -> SamplingParams:
 
 
 def new_engine(model: StepAudioForCausalLM, tokenizer: StepTokenizer) -> LLMEngine:
-    return LLMEngine(model, tokenizer, EngineConfig(max_num_seqs=16, kv_cache_memory_gb=1.0))
+    return LLMEngine(model, tokenizer, EngineConfig(max_num_seqs=16, kv_cache_memory_gb=1.0,
+                                                    compile_decode=COMPILE_DECODE))
 
 
 # ---- our engine ---------------------------------------------------------------------------------
@@ -262,12 +264,15 @@ def main() -> None:
     parser.add_argument("--cases", default="decode,concurrent,ttft")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--compile-decode", action="store_true", help="our engine with EngineConfig.compile_decode")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global COMPILE_DECODE
+    COMPILE_DECODE = args.compile_decode
     model, hf, tokenizer = build_models(args.encoder, getattr(torch, args.dtype))
     params = sum(p.numel() for p in model.model.parameters()) / 1e6
     print(f"Qwen2.5-0.5B-sized decoder ({params:.0f} M params) + {args.encoder} encoder, {args.dtype}, "
-          f"{args.threads} threads, torch {torch.__version__}")
+          f"{args.threads} threads, torch {torch.__version__}, compiled decode: {args.compile_decode}")
     cases = args.cases.split(",")
     if "decode" in cases:
         case_decode(model, hf, tokenizer, args.repeats)

@@ -23,13 +23,13 @@ def generate_tokens(model: StepAudioForCausalLM, prompt_ids: list[int], *,
     if not prompt_ids:
         raise ValueError("the prompt is empty: nothing to generate from")
     cfg = model.config.text
-    device = model.lm_head.weight.device
+    device = model.device
     total = len(prompt_ids) + max_new_tokens
     if total > cfg.max_position_embeddings:
         raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                          f"model's {cfg.max_position_embeddings} positions")
     cache = DenseKVCache(cfg.num_hidden_layers, 1, total, cfg.num_key_value_heads, cfg.head_dim,
-                         model.lm_head.weight.dtype, device)
+                         model.dtype, device)
     # The engine's sampler, so one-shot and served generation draw tokens the same way.
     sampler = Sampler(eos_token_ids=[])
     row = SamplingRow.for_request(SamplingParams(temperature=temperature, seed=seed), prompt_ids, device=device)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..audio.features import num_audio_tokens
+from ..model.packed_linear import is_packed, pack_decoder
 from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
 from .block_manager import BlockManager
@@ -40,6 +41,7 @@ class EngineConfig:
     encoder_cache_size: int = 64              # audio chunks kept encoded
     audio_token_formula: str = "vllm"
     compile_decode: bool = False              # torch.compile the decode step (first steps pay the compile)
+    pack_weights: bool = True                 # CPU: prepack the LLM's linears for oneDNN (see model/packed_linear)
 
 
 @dataclass
@@ -51,18 +53,26 @@ class _Request:
 
 
 class LLMEngine:
+    """Owns the model it is given: on CPU it swaps the LLM's linears for prepacked ones (faster decode;
+    the model stays usable for inference but no longer has those weights as parameters)."""
+
     def __init__(self, model: StepAudioForCausalLM, tokenizer: StepTokenizer, config: EngineConfig | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config = config or EngineConfig()
+        if config.compile_decode and is_packed(model):
+            raise ValueError("compile_decode needs unpacked weights, and an engine without compile_decode has "
+                             "already packed this model's linears: load the model again")
+        if config.pack_weights and not config.compile_decode:  # compiling with freezing packs them itself
+            pack_decoder(model)
         text = model.config.text
         self.max_model_len = min(config.max_model_len or text.max_position_embeddings, text.max_position_embeddings)
-        dtype = model.lm_head.weight.dtype
+        dtype = model.dtype
         per_block = KVPool.bytes_per_block(text.num_hidden_layers, config.block_size, text.num_key_value_heads,
                                            text.head_dim, dtype)
         num_blocks = config.num_kv_blocks or max(1, int(config.kv_cache_memory_gb * 2**30) // per_block)
         self.pool = KVPool(text.num_hidden_layers, num_blocks, config.block_size, text.num_key_value_heads,
-                           text.head_dim, dtype, model.lm_head.weight.device)
+                           text.head_dim, dtype, model.device)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.encoder_cache = EncoderCache(model, config.encoder_cache_size, config.audio_token_formula)

@@ -42,11 +42,13 @@ class ModelRunner:
         self.model = model
         self.pool = pool
         self.encoder_cache = encoder_cache
-        self.device = model.lm_head.weight.device
-        # The decode step is the same small graph every step: torch.compile fuses its elementwise work
-        # (norms, RoPE, SiLU) and drops per-op overhead. Dynamic shapes, so batch size and context length
-        # changes reuse one graph. Prefill runs eagerly: it is large enough that overhead does not matter.
-        self._decode_forward = torch.compile(model.forward, dynamic=True) if compile_decode else model.forward
+        self.device = model.device
+        # The decode step is the same small graph every step. torch.compile with freezing treats the weights
+        # as constants: on CPU it prepacks them for oneDNN, which roughly doubles batch-1 decode speed (the
+        # stock bf16 matrix-vector kernel reaches about half the memory bandwidth), and it fuses the
+        # elementwise work. Dynamic shapes: batch size and context length changes reuse the graph.
+        # Prefill runs eagerly: it is large enough that per-op overhead does not matter.
+        self._compiled_logits = torch.compile(self._logits_of_last, dynamic=True) if compile_decode else None
 
     @torch.inference_mode()
     def prefill(self, step: PrefillStep) -> torch.Tensor:
@@ -66,8 +68,15 @@ class ModelRunner:
         ids = torch.tensor([[s.token_ids[-1]] for s in seqs], device=self.device)
         positions = torch.tensor([[s.num_tokens - 1] for s in seqs], device=self.device)
         context = PagedAttention(self.pool, [s.block_table for s in seqs], [s.num_tokens for s in seqs], 1)
-        hidden = self._decode_forward(ids, positions, kv_cache=context)
-        return self.model.compute_logits(hidden[:, -1])
+        if self._compiled_logits is None:
+            return self._logits_of_last(ids, positions, context)
+        # Compilation happens lazily, at the first call of each graph, under this setting; passing it in
+        # torch.compile's options does not reach the freezing pass (measured: no speed-up that way).
+        with torch._inductor.config.patch(freezing=True):
+            return self._compiled_logits(ids, positions, context)
+
+    def _logits_of_last(self, ids: torch.Tensor, positions: torch.Tensor, context: PagedAttention) -> torch.Tensor:
+        return self.model.compute_logits(self.model(ids, positions, kv_cache=context)[:, -1])
 
     def _audio_for(self, seq: Sequence, start: int, end: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Adaptor rows for the prompt's audio positions inside [start, end), and the mask marking them."""

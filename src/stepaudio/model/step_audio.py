@@ -28,6 +28,15 @@ class StepAudioForCausalLM(nn.Module):
         if config.text.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The LLM's dtype (read from the embedding, which no optimisation ever swaps out)."""
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
     @torch.inference_mode()
     def encode_audio(self, mels: list[torch.Tensor], formula: str = "vllm") -> list[torch.Tensor]:
         """Mel chunks [n_mels, L_i] -> one LLM-embedding tensor [n_i, hidden] per chunk.

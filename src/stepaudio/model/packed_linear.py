@@ -1,0 +1,61 @@
+"""Linear layers with weights prepacked for oneDNN: the CPU decode speed-up.
+
+At batch 1 decoding is a chain of matrix-vector products. On CPUs PyTorch's stock kernel for them reads
+weights at about half the memory bandwidth; the same product with the weight reordered once into
+oneDNN's blocked layout runs 1.5x (bf16) to 2.2x (fp32) faster, with bit-identical bf16 results and fp32
+results within rounding (measured with benchmarks/bench_engine.py). The swap drops the original weight,
+so memory does not grow, except for a tied LM head whose weight the embedding still needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class PackedLinear(nn.Module):
+    """y = x Wᵀ + b with W held in oneDNN's layout (an opaque tensor: inference only, CPU only)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        with torch.no_grad():
+            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    return weight.device.type == "cpu" and weight.dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available()
+
+
+def pack_linears(module: nn.Module) -> int:
+    """Replace every packable nn.Linear under `module` by a PackedLinear; returns how many were replaced."""
+    replaced = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear) and can_pack(child.weight):
+            setattr(module, name, PackedLinear(child))
+            replaced += 1
+        else:
+            replaced += pack_linears(child)
+    return replaced
+
+
+def pack_decoder(model: nn.Module) -> int:
+    """Pack the LLM's linears (decoder layers and LM head): the weights every decode step reads.
+
+    The audio encoder is left alone: it runs large matrix products once per chunk, where packing gains ~5 %.
+    """
+    replaced = pack_linears(model.model)
+    if isinstance(model.lm_head, nn.Linear) and can_pack(model.lm_head.weight):
+        model.lm_head = PackedLinear(model.lm_head)
+        replaced += 1
+    return replaced
+
+
+def is_packed(model: nn.Module) -> bool:
+    return any(isinstance(m, PackedLinear) for m in model.modules())
