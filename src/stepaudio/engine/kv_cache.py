@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..model.kv_cache import single_query_attention
+
 
 class KVPool:
     """Key and value storage [num_blocks * block_size, Hkv, D] for every layer."""
@@ -65,4 +67,6 @@ class PagedAttention:
         values[self.write_slots] = v.transpose(1, 2).reshape(-1, *values.shape[1:])
         k_all = keys[self.read_slots].transpose(1, 2)  # [B, Hkv, max_len, D]
         v_all = values[self.read_slots].transpose(1, 2)
+        if q.shape[2] == 1:
+            return single_query_attention(q, k_all, v_all, self.mask)
         return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=self.mask, enable_gqa=True)
