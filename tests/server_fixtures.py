@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
@@ -56,3 +57,9 @@ def running_server(llm: LLM, engine_options: dict[str, Any] | None = None, **set
     options = {"served_model_names": [MODEL], "model_root": "tiny", **settings}
     with ServerThread(build_app(engine, ServerSettings(**options))) as server:
         yield server.url
+
+
+def metric(url: str, name: str) -> float:
+    """A metric's value from /metrics: the sum over its label sets ('name{' or 'name ' lines)."""
+    lines = httpx.get(url + "/metrics").text.splitlines()
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith((name + "{", name + " ")))

@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
-from server_fixtures import MODEL, audio_part, b64, reference, running_server, tone, wav_bytes  # noqa: F401
+from server_fixtures import MODEL, audio_part, b64, metric, reference, running_server, tone, wav_bytes  # noqa: F401
 from stepaudio.engine.sampling import SamplingParams
 
 
@@ -226,21 +226,17 @@ def test_tools_round_trip(server, client, reference):  # noqa: F811
 
 
 def test_metrics_count_tokens_and_responses(server, client):
-    before = httpx.get(server[0] + "/metrics").text
+    url = server[0]
+    prompt, generated = metric(url, "vllm:prompt_tokens_total"), metric(url, "vllm:generation_tokens_total")
+    served = metric(url, "stepaudio:http_responses_total")
     got = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
-    text = httpx.get(server[0] + "/metrics").text
+    assert metric(url, "vllm:prompt_tokens_total") - prompt == got.usage.prompt_tokens
+    assert metric(url, "vllm:generation_tokens_total") - generated == got.usage.completion_tokens
+    assert metric(url, "stepaudio:http_responses_total") - served >= 1
+    text = httpx.get(url + "/metrics").text
+    assert 'stepaudio:http_responses_total{route="/v1/chat/completions",status="200"}' in text
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                  "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
-                 "vllm:e2e_request_latency_seconds_count", "stepaudio:kv_cache_capacity_tokens"):
+                 "vllm:e2e_request_latency_seconds_count", "vllm:request_success_total",
+                 "stepaudio:kv_cache_capacity_tokens", "stepaudio:audio_tokens_total"):
         assert name in text, name
-
-    def value(body: str, prefix: str) -> float:
-        lines = [ln for ln in body.splitlines() if ln.startswith(prefix)]
-        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
-    assert value(text, 'vllm:prompt_tokens_total{model_name="tiny-step-audio"}') - \
-        value(before, 'vllm:prompt_tokens_total{model_name="tiny-step-audio"}') == got.usage.prompt_tokens
-    assert value(text, 'vllm:generation_tokens_total{model_name="tiny-step-audio"}') - \
-        value(before, 'vllm:generation_tokens_total{model_name="tiny-step-audio"}') == got.usage.completion_tokens
-    ok = 'stepaudio:http_responses_total{route="/v1/chat/completions",status="200"}'
-    assert value(text, ok) >= 1

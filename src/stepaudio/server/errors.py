@@ -63,14 +63,16 @@ def _location(loc: tuple) -> str:
 
 
 def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
-    """A 400 naming each bad field, e.g. "messages[0].content[1]: unsupported ...", as one message."""
-    errors = exc.errors()
-    messages = []
-    for err in errors[:5]:
-        where = _location(tuple(err.get("loc", ())))
-        messages.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-    param = _location(tuple(errors[0].get("loc", ()))) if errors else None
-    return bad_request("; ".join(messages) or "invalid request", param=param or None)
+    """A 400 naming each bad field, e.g. "messages[0].content[1]: ...", as one message.
+
+    Of a union's alternatives only the deepest complaint is kept: for a list given as `content`,
+    "not a valid string" is noise next to what is wrong inside the list.
+    """
+    found = [(_location(tuple(err.get("loc", ()))), str(err.get("msg"))) for err in exc.errors()]
+    kept = [(where, msg) for where, msg in found
+            if not (where and any(other.startswith((where + ".", where + "[")) for other, _ in found))]
+    messages = [f"{where}: {msg}" if where else msg for where, msg in kept[:5]]
+    return bad_request("; ".join(messages) or "invalid request", param=kept[0][0] or None if kept else None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -25,7 +25,7 @@ from .settings import ServerSettings
 
 # SamplingParams' messages start with the field name: "top_p must be in (0, 1], got 2.0."
 _PARAM_FIELDS = {"n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-                 "frequency_penalty", "max_tokens", "min_tokens", "max_thinking_tokens", "logprobs", "stop"}
+                 "frequency_penalty", "max_tokens", "min_tokens", "max_thinking_tokens", "top_logprobs", "stop"}
 
 
 @dataclass
@@ -126,5 +126,6 @@ class RequestPreparer:
                 thinking=request.thinking, **options)
         except ValueError as e:
             field = str(e).split(" ", 1)[0]
+            field = "top_logprobs" if field == "logprobs" else field  # the request's name for that count
             raise bad_request(str(e), param=field if field in _PARAM_FIELDS else None) from None
 
