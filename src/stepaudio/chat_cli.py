@@ -95,7 +95,8 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def run_chat(args: argparse.Namespace, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+def run_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | None = None) -> None:
+    inp, out = inp or sys.stdin, out or sys.stdout
     if (args.api_base is None) == (args.model is None):
         raise ValueError("give exactly one of --api-base URL and --model DIR")
     with ExitStack() as stack:
@@ -119,8 +120,8 @@ def _local_server(args: argparse.Namespace) -> Iterator[str]:
     from .server.launcher import ServerThread, build_app, load_engine
     from .server.settings import ServerSettings
 
-    engine = load_engine(args.model, dtype=args.dtype, device=args.device, config=EngineConfig(),
-                         max_model_len_given=False)
+    engine = load_engine(args.model, dtype=args.dtype, device=args.device,
+                         config=EngineConfig(kv_cache_memory_gb=args.kv_cache_memory_gb), max_model_len_given=False)
     settings = ServerSettings(served_model_names=[str(args.model)], model_root=str(args.model),
                               reasoning_parser="step_audio")
     with ServerThread(build_app(engine, settings)) as server:

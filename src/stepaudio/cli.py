@@ -175,6 +175,7 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-thinking", action="store_true", help="answer without a <think> block")
     p.add_argument("--dtype", default=None, help="with --model: bfloat16 | float16 | float32")
     p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ...")
+    p.add_argument("--kv-cache-memory-gb", type=float, default=1.0, help="with --model: KV cache size")
     p.set_defaults(func=_run_chat)
 
 

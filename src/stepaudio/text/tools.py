@@ -30,7 +30,7 @@ class ToolCall:
 
 def parse_tool_call_block(block: str, tool_names: Collection[str] | None = None) -> ToolCall | None:
     """The call inside one `<tool_call>...</tool_call>` block, or None when it is not a valid call."""
-    lines = block.strip().split("\n", 2)
+    lines = block.lstrip().split("\n", 2)
     if len(lines) != 3:
         return None
     _kind, name, arguments = (part.strip() for part in lines)
