@@ -86,6 +86,11 @@ def test_stream_sends_the_same_text_and_usage_last(client):
     assert last.choices == [] and last.usage == whole.usage
     assert all(c.usage is None for c in body)
     assert len({c.id for c in chunks}) == 1
+    running = client.chat.completions.create(**options, stream=True,
+                                             stream_options={"include_usage": True, "continuous_usage_stats": True})
+    counts = [c.usage.completion_tokens for c in running if c.choices and c.choices[0].finish_reason is None
+              and c.usage is not None]
+    assert counts == sorted(counts) and 0 < counts[-1] < 14
 
 
 def test_two_choices_follow_the_engine_child_seeds(client, reference):  # noqa: F811

@@ -195,7 +195,6 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="stepaudio", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(GateMiddleware, settings=settings, metrics=metrics)
-    app.state.metrics = metrics
 
     def served_name(requested: str | None) -> str:
         if requested is None:

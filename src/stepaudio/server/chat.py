@@ -132,7 +132,10 @@ class ChatServing:
 
     async def stream(self, request_id: str, request: ChatCompletionRequest, inputs: EngineInputs,
                      model: str) -> AsyncIterator[str]:
-        """SSE data payloads: a role chunk per choice, content chunks, the usage chunk if asked, then [DONE]."""
+        """SSE data payloads: a role chunk per choice, content chunks, the usage chunk if asked, then [DONE].
+
+        The role chunks wait for the first output, so a client's time to first chunk includes the prefill,
+        as with vLLM (its serving benchmark times exactly that)."""
         created = int(time.time())
         options = request.stream_options
         include_usage = options is not None and options.include_usage
@@ -143,12 +146,15 @@ class ChatServing:
             return ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices,
                                        usage=usage).model_dump_json()
 
-        for a in assemblers:
-            yield chunk([ChunkChoice(index=a.index, delta=DeltaMessage(role="assistant", content=""))])
         tracker = self.metrics.track()
+        role_sent = False
         try:
             async with aclosing(self._outputs(request_id, inputs, tracker)) as outputs:
                 async for out in outputs:
+                    if not role_sent:  # as vLLM: the role chunks come with the first output, after prefill
+                        role_sent = True
+                        for a in assemblers:
+                            yield chunk([ChunkChoice(index=a.index, delta=DeltaMessage(role="assistant", content=""))])
                     pieces = [(d.index, assemblers[d.index].add(d)) for d in out.deltas]
                     choices = [self._chunk_choice(i, p, request.logprobs) for i, p in pieces if not p.empty]
                     if choices:

@@ -8,6 +8,7 @@ audio length, template errors, prompt length, and the sampling values.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from .media import audio_parts, fetch_remote_audio, inline_audio
 from .protocol import ChatCompletionRequest, ChatMessage, ToolDefinition
 from .settings import ServerSettings
 
+PREPARE_THREADS = 4
 # SamplingParams' messages start with the field name: "top_p must be in (0, 1], got 2.0."
 _PARAM_FIELDS = {"n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                  "frequency_penalty", "max_tokens", "min_tokens", "max_thinking_tokens", "top_logprobs", "stop"}
@@ -38,6 +40,9 @@ class RequestPreparer:
     def __init__(self, engine: LLMEngine, settings: ServerSettings):
         self.engine = engine
         self.settings = settings
+        # Decoding audio gets threads of its own, so a burst of uploads never delays the engine's steps
+        # (which run in the event loop's default executor).
+        self._pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="stepaudio-prepare")
 
     async def chat(self, request: ChatCompletionRequest) -> EngineInputs:
         self._check_unsupported(request)
@@ -58,8 +63,8 @@ class RequestPreparer:
                               param="messages")
         dicts = await fetch_remote_audio(dicts, self.settings)
         template_tools = [t.template_dict() for t in tools] if tools else None
-        return await asyncio.to_thread(self._render, dicts, template_tools, add_generation_prompt,
-                                       continue_final_message)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._render, dicts, template_tools, add_generation_prompt, continue_final_message)
 
     def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                 add_generation_prompt: bool, continue_final_message: bool) -> PreparedPrompt:
