@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -13,7 +14,9 @@ from fastapi import FastAPI
 
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import EngineConfig, LLMEngine
+from ..engine.kv_cache import KVPool
 from ..model.loader import load_model
+from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
 from .app import create_app
 from .settings import ServerSettings
@@ -46,7 +49,7 @@ def load_engine(model_dir: str | Path, *, dtype: str | None, device: str, config
     """The engine, with max_model_len lowered to the KV capacity unless the user asked for more (an error)."""
     tokenizer = StepTokenizer.from_dir(model_dir)
     model = load_model(model_dir, dtype=dtype, device=device, progress=True)
-    engine = LLMEngine(model, tokenizer, config)
+    engine = LLMEngine(model, tokenizer, _no_bigger_than_needed(config, model))
     if engine.max_model_len > engine.kv_capacity_tokens:
         if max_model_len_given:
             raise ValueError(f"--max-model-len {engine.max_model_len} is more than the KV cache holds "
@@ -61,6 +64,21 @@ def load_engine(model_dir: str | Path, *, dtype: str | None, device: str, config
                 engine.kv_capacity_tokens, engine.blocks.num_blocks, engine.blocks.block_size,
                 engine.max_model_len, config.max_num_seqs)
     return engine
+
+
+def _no_bigger_than_needed(config: EngineConfig, model: StepAudioForCausalLM) -> EngineConfig:
+    """Cap the KV cache at what max_num_seqs sequences of max_model_len tokens can use: a small model
+    should not take --kv-cache-memory-gb of memory it can never fill."""
+    if config.num_kv_blocks is not None:
+        return config
+    text = model.config.text
+    longest = min(config.max_model_len or text.max_position_embeddings, text.max_position_embeddings)
+    needed = -(-config.max_num_seqs * longest // config.block_size)
+    per_block = KVPool.bytes_per_block(text.num_hidden_layers, config.block_size, text.num_key_value_heads,
+                                       text.head_dim, model.lm_head.weight.dtype)
+    if needed * per_block >= config.kv_cache_memory_gb * 2**30:
+        return config
+    return replace(config, num_kv_blocks=needed)
 
 
 def build_app(engine: LLMEngine, settings: ServerSettings) -> FastAPI:
