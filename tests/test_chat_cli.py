@@ -9,7 +9,7 @@ import soundfile as sf
 
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import reference, running_server, tone  # noqa: F401
-from stepaudio.chat_cli import run_chat
+from stepaudio.chat_cli import DIM, RESET, run_chat
 from stepaudio.cli import build_parser, main
 from stepaudio.client import user_message
 from stepaudio.engine.sampling import SamplingParams
@@ -63,6 +63,20 @@ def test_model_dir_starts_a_private_server(tiny_dir, reference, capsys):  # noqa
     assert main(["chat", "--model", str(tiny_dir), "--kv-cache-memory-gb", "0.01", *FLAGS, "Hi"]) == 0
     [want] = reference.chat([[user_message("Hi")]], PARAMS)
     assert capsys.readouterr().out == shown(want.completions[0].reasoning, want.completions[0].content)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_thinking_is_dimmed_on_a_terminal(api_base):
+    args = build_parser().parse_args(["chat", "--api-base", api_base, *FLAGS, "Hi"])
+    out = Terminal()
+    run_chat(args, out=out)
+    thinking, answer = out.getvalue().split("── answer ──")
+    assert f"{DIM}── thinking ──{RESET}" in thinking and thinking.count(DIM) >= 2
+    assert DIM not in answer.split(RESET)[-1]
 
 
 @pytest.mark.parametrize("argv", [["chat", "hi"], ["chat", "--api-base", "http://127.0.0.1:9/v1", "hi"]])

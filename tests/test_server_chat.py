@@ -124,6 +124,22 @@ def test_seed_reproduces_sampling(client, reference):  # noqa: F811
                                                                max_tokens=12)).completions[0].reasoning
 
 
+def test_every_sampling_field_reaches_the_engine(client, reference):  # noqa: F811
+    """Audio in two turns of one conversation, and the vLLM sampling fields, as the engine takes them."""
+    messages = [{"role": "user", "content": [audio_part(wav_bytes(tone(2.0, 200)))]},
+                {"role": "assistant", "content": "A low tone."},
+                {"role": "user", "content": [{"type": "text", "text": "And now?"}, audio_part(wav_bytes(tone(3.0)))]}]
+    fields = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.02, "repetition_penalty": 1.1,
+              "presence_penalty": 0.5, "frequency_penalty": 0.3, "seed": 5}
+    want = expect(reference, messages, SamplingParams(max_tokens=9, **fields))
+    got = client.chat.completions.create(
+        model=MODEL, messages=messages, max_completion_tokens=9, temperature=0.8, top_p=0.95, presence_penalty=0.5,
+        frequency_penalty=0.3, seed=5, extra_body={"top_k": 40, "min_p": 0.02, "repetition_penalty": 1.1})
+    assert reasoning_of(got.choices[0].message) == want.completions[0].reasoning
+    assert got.usage.completion_tokens == want.completions[0].completion_tokens
+    assert got.usage.prompt_tokens_details.audio_tokens == 25 + 38
+
+
 def test_stop_strings_and_stop_token_ids_end_the_output(client, reference):  # noqa: F811
     messages = [{"role": "user", "content": "Count the beeps."}]
     free = expect(reference, messages, SamplingParams(temperature=0, max_tokens=16)).completions[0]

@@ -154,9 +154,13 @@ def test_invalid_request_is_400(url, case):
     assert_error(post(url, INVALID[case]), 400)
 
 
-@pytest.mark.parametrize(("field", "value"), [("temperature", -1), ("top_p", 2), ("n", 0)])
-def test_out_of_range_values_name_the_parameter(url, field, value):
-    assert_error(post(url, chat(**{field: value})), 400, "invalid_value", field)
+@pytest.mark.parametrize(("field", "value", "param"), [
+    ("temperature", -1, "temperature"), ("top_p", 2, "top_p"), ("n", 0, "n"),
+    ("stream_options", {"include_usage": "maybe"}, "stream_options.include_usage"),
+    ("messages", [{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
+])
+def test_bad_values_name_the_parameter(url, field, value, param):
+    assert_error(post(url, chat(**{field: value})), 400, "invalid_value", param)
 
 
 def test_media_outside_the_policy(url, tmp_path):

@@ -190,7 +190,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     llm = engine.engine
     metrics = ServerMetrics(llm, settings.model_name)
     preparer = RequestPreparer(llm, settings)
-    serving = ChatServing(engine, settings, metrics)
+    serving = ChatServing(engine, settings)
     admission = Admission(llm.config.max_num_seqs + settings.max_queue)
     app = FastAPI(title="stepaudio", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
@@ -237,6 +237,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        tracker = metrics.track()  # latencies count from here: audio decoding is part of the wait
         req = parse(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
         model = served_name(req.model)
         release = admission.enter()
@@ -248,12 +249,12 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                 logger.info("request %s: %d prompt tokens (%d audio), stream=%s, %s", request_id,
                             len(inputs.prompt.token_ids), inputs.prompt.num_audio_tokens, req.stream, inputs.params)
             if req.stream:
-                events = _then_release(serving.stream(request_id, req, inputs, model), release)
+                events = _then_release(serving.stream(request_id, req, inputs, model, tracker), release)
                 # The background task releases the slot even when the client left before the stream began.
                 sse = EventSourceResponse(events, sep="\n", background=BackgroundTask(release))
                 streaming = True
                 return sse
-            response = await cancel_on_disconnect(request, serving.full(request_id, req, inputs, model))
+            response = await cancel_on_disconnect(request, serving.full(request_id, req, inputs, model, tracker))
             return Response(status_code=CLIENT_CLOSED) if response is None else JSONResponse(response.model_dump())
         finally:
             if not streaming:

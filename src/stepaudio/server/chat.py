@@ -18,7 +18,7 @@ from ..engine.engine import RequestError
 from ..engine.outputs import RequestOutput
 from .choices import ChoiceAssembler, ChoicePiece
 from .errors import APIError, bad_request
-from .metrics import RequestTracker, ServerMetrics
+from .metrics import RequestTracker
 from .prepare import EngineInputs
 from .protocol import (
     ChatCompletionChunk,
@@ -70,10 +70,9 @@ class _WholeChoice:
 
 
 class ChatServing:
-    def __init__(self, engine: AsyncEngine, settings: ServerSettings, metrics: ServerMetrics):
+    def __init__(self, engine: AsyncEngine, settings: ServerSettings):
         self.engine = engine
         self.settings = settings
-        self.metrics = metrics
 
     @property
     def split_reasoning(self) -> bool:
@@ -111,11 +110,10 @@ class ChatServing:
                          [a.finish_reason or "unknown" for a in assemblers])
         return usage
 
-    async def full(self, request_id: str, request: ChatCompletionRequest, inputs: EngineInputs,
-                   model: str) -> ChatCompletionResponse:
+    async def full(self, request_id: str, request: ChatCompletionRequest, inputs: EngineInputs, model: str,
+                   tracker: RequestTracker) -> ChatCompletionResponse:
         assemblers = self._assemblers(request)
         whole = [_WholeChoice() for _ in assemblers]
-        tracker = self.metrics.track()
         last = None
         try:
             async with aclosing(self._outputs(request_id, inputs, tracker)) as outputs:
@@ -130,8 +128,8 @@ class ChatServing:
         choices = [w.choice(i, self.split_reasoning, request.logprobs) for i, w in enumerate(whole)]
         return ChatCompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
 
-    async def stream(self, request_id: str, request: ChatCompletionRequest, inputs: EngineInputs,
-                     model: str) -> AsyncIterator[str]:
+    async def stream(self, request_id: str, request: ChatCompletionRequest, inputs: EngineInputs, model: str,
+                     tracker: RequestTracker) -> AsyncIterator[str]:
         """SSE data payloads: a role chunk per choice, content chunks, the usage chunk if asked, then [DONE].
 
         The role chunks wait for the first output, so a client's time to first chunk includes the prefill,
@@ -146,7 +144,6 @@ class ChatServing:
             return ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices,
                                        usage=usage).model_dump_json()
 
-        tracker = self.metrics.track()
         role_sent = False
         try:
             async with aclosing(self._outputs(request_id, inputs, tracker)) as outputs:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .protocol import ErrorInfo, ErrorResponse
+from .protocol import CONTENT_PART_TYPES, ErrorInfo, ErrorResponse
 
 logger = logging.getLogger("stepaudio.server")
 
@@ -52,12 +52,21 @@ def bad_request(message: str, *, code: str = "invalid_value", param: str | None 
     return APIError(400, message, code=code, param=param)
 
 
+# Pydantic names union alternatives in error locations ("str", "list[...]", and after a list index the
+# tag of a content part); they are dropped from the path shown to the client.
+_UNION_BRANCHES = {"str", "int", "float", "bool", "none"}
+
+
 def _location(loc: tuple) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not str(part).startswith(("function-", "tagged-union", "list[", "str", "dict[")):
+        elif part in _UNION_BRANCHES or "[" in str(part):
+            continue
+        elif i > 0 and isinstance(loc[i - 1], int) and part in CONTENT_PART_TYPES:
+            continue
+        else:
             out += f".{part}" if out else str(part)
     return out
 

@@ -71,7 +71,7 @@ class ServerMetrics:
                                         registry=reg)
         self.request_success = Counter("vllm:request_success", "Finished sequences by finish reason.",
                                        labels + ["finished_reason"], registry=reg)
-        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time from request arrival to the first token.",
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time from the request's arrival to its first token.",
                               labels, buckets=TTFT_BUCKETS, registry=reg)
         self.itl = Histogram("vllm:inter_token_latency_seconds", "Time between successive outputs of a request.",
                              labels, buckets=ITL_BUCKETS, registry=reg)

@@ -48,6 +48,7 @@ class AudioURLPart(_Lenient):
 
 
 ContentPart = Annotated[TextPart | InputAudioPart | AudioURLPart, Field(discriminator="type")]
+CONTENT_PART_TYPES = ("text", "input_audio", "audio_url")
 
 
 class ChatMessage(_Lenient):
