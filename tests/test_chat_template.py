@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepaudio.text.chat_template import ChatTemplateError, render_chat
+from stepaudio.text.chat_template import R1_CHAT_TEMPLATE, ChatTemplateError, render_chat
 
 AUDIO = {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
 GEN = "<|BOT|>assistant\n<think>\n"
@@ -97,5 +97,7 @@ def test_load_chat_template_from_file_or_string(tmp_path):
     path.write_text("{{ messages[0].content }}?")
     assert load_chat_template(str(path)) == "{{ messages[0].content }}?"
     assert load_chat_template("{{ 1 }}") == "{{ 1 }}"
+    # The official command passes the whole template inline: longer than any file name may be.
+    assert load_chat_template(R1_CHAT_TEMPLATE) == R1_CHAT_TEMPLATE
     with pytest.raises(ChatTemplateError, match="neither a readable file nor a Jinja template"):
         load_chat_template("no-such-file.jinja")

@@ -1,8 +1,10 @@
-"""`stepaudio` command line: make-tiny, generate (serve, chat, demo, ... arrive with their issues)."""
+"""`stepaudio` command line: serve, chat, generate, make-tiny (demo, eval, ... arrive with their issues)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from pathlib import Path
 
@@ -68,12 +70,129 @@ def _run_generate(args: argparse.Namespace) -> None:
           f"generated, finish: {result.finish_reason}]", file=sys.stderr)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible server (a drop-in for the official vLLM recipe)",
+                       description="Serve /v1/chat/completions, /v1/models, /tokenize, /health and /metrics. "
+                                   "See docs/SERVER.md.")
+    p.add_argument("model_dir", nargs="?", type=Path, help="local checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=9999)
+    p.add_argument("--served-model-name", nargs="+", help="name(s) clients use as 'model' (default: MODEL_DIR)")
+    p.add_argument("--max-model-len", type=int, help="prompt + output tokens (default: the model's, capped to "
+                                                      "the KV cache)")
+    p.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="largest prefill chunk per step")
+    p.add_argument("--kv-cache-memory-gb", type=float, default=1.0, help="memory for the paged KV cache")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests that may wait beyond --max-num-seqs running ones; more get HTTP 429")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="auto: the checkpoint's torch_dtype")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /tokenize")
+    p.add_argument("--chat-template", help="Jinja file or template string (default: the checkpoint's, else the "
+                                           "official R1 template)")
+    p.add_argument("--reasoning-parser", choices=["step_audio"],
+                   help="send the thinking as reasoning_content/reasoning (default: raw content, as upstream)")
+    p.add_argument("--max-audio-seconds", type=float, default=1200.0, help="audio per request, all parts together")
+    p.add_argument("--limit-mm-per-prompt", default='{"audio": 64}', help="audio parts per request, as vLLM: "
+                                                                         "'{\"audio\": N}'")
+    p.add_argument("--allowed-local-media-path", type=Path, help="allow file:// audio URLs under this folder")
+    p.add_argument("--allowed-media-domains", nargs="+", default=[],
+                   help="allow http(s) audio URLs from these hosts ('*': any); off by default")
+    p.add_argument("--media-fetch-timeout", type=float, default=10.0, help="seconds for one http(s) audio fetch")
+    p.add_argument("--max-request-body-mb", type=float, default=64.0,
+                   help="larger bodies (and fetched audio files) are refused with 413")
+    p.add_argument("--audio-token-formula", default="vllm", choices=["vllm", "hf"])
+    p.add_argument("--uvicorn-log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    upstream = p.add_argument_group("flags of the official vLLM command (accepted; each logs what it means here)")
+    upstream.add_argument("--tensor-parallel-size", type=int)
+    upstream.add_argument("--trust-remote-code", action="store_true")
+    upstream.add_argument("--interleave-mm-strings", action="store_true")
+    upstream.add_argument("--enable-log-requests", action="store_true")
+    upstream.add_argument("--gpu-memory-utilization", type=float)
+    upstream.add_argument("--enable-auto-tool-choice", action="store_true")
+    upstream.add_argument("--tool-call-parser", choices=["step_audio"])
+    p.set_defaults(func=_run_serve)
+
+
+def _audio_limit(value: str) -> int:
+    """--limit-mm-per-prompt as vLLM takes it: JSON {"audio": N} (or audio=N)."""
+    try:
+        limits = json.loads(value) if value.lstrip().startswith("{") else dict([value.split("=", 1)])
+        audio = int(limits.pop("audio"))
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"--limit-mm-per-prompt must look like '{{\"audio\": 8}}', got {value!r}") from None
+    if limits or audio < 0:
+        raise ValueError(f"--limit-mm-per-prompt takes one non-negative audio limit, got {value!r}")
+    return audio
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from .engine.engine import EngineConfig
+    from .server.launcher import build_app, load_engine, log_upstream_flags, serve
+    from .server.settings import MiB, ServerSettings
+    from .text.chat_template import load_chat_template
+
+    if args.model_dir is None:
+        raise ValueError("give a model folder: stepaudio serve MODEL_DIR (make a tiny one with stepaudio make-tiny)")
+    if not args.model_dir.is_dir():
+        raise FileNotFoundError(f"model folder {args.model_dir} does not exist")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    log_upstream_flags(vars(args))
+    settings = ServerSettings(
+        served_model_names=args.served_model_name or [str(args.model_dir)], model_root=str(args.model_dir),
+        api_key=args.api_key, reasoning_parser=args.reasoning_parser,
+        chat_template=load_chat_template(args.chat_template) if args.chat_template else None,
+        max_audio_seconds=args.max_audio_seconds, max_audio_parts=_audio_limit(args.limit_mm_per_prompt),
+        allowed_local_media_path=args.allowed_local_media_path, allowed_media_domains=args.allowed_media_domains,
+        media_fetch_timeout=args.media_fetch_timeout, max_body_bytes=int(args.max_request_body_mb * MiB),
+        max_queue=args.max_queue, log_requests=args.enable_log_requests)
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                          max_num_batched_tokens=args.max_num_batched_tokens,
+                          kv_cache_memory_gb=args.kv_cache_memory_gb, audio_token_formula=args.audio_token_formula)
+    engine = load_engine(args.model_dir, dtype=None if args.dtype == "auto" else args.dtype, device=args.device,
+                         config=config, max_model_len_given=args.max_model_len is not None)
+    serve(build_app(engine, settings), args.host, args.port, log_level=args.uvicorn_log_level)
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="chat with a server (--api-base) or a local checkpoint (--model)",
+                       description="Streams the thinking (dimmed) and the answer. Without TEXT or --audio, or "
+                                   "with --interactive, it keeps a multi-turn conversation.")
+    p.add_argument("text", nargs="?", default="", help="the message (with --audio: the question about it)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--api-base", help="OpenAI API base of a running server, e.g. http://127.0.0.1:9999/v1")
+    where.add_argument("--model", type=Path, help="checkpoint folder: start a private server for this chat")
+    p.add_argument("--audio", help="audio file sent with the message (cut into 25 s parts)")
+    p.add_argument("--interactive", "-i", action="store_true", help="keep chatting after TEXT/--audio")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--api-key")
+    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (the official examples use 0.7)")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-thinking-tokens", type=int, help="cap the thinking; the model then answers")
+    p.add_argument("--no-thinking", action="store_true", help="answer without a <think> block")
+    p.add_argument("--dtype", default=None, help="with --model: bfloat16 | float16 | float32")
+    p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ...")
+    p.add_argument("--kv-cache-memory-gb", type=float, default=1.0, help="with --model: KV cache size")
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args: argparse.Namespace) -> None:
+    from .chat_cli import run_chat
+
+    run_chat(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepaudio", description="Step-Audio-R1 audio reasoning models")
     parser.add_argument("--version", action="version", version=f"stepaudio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_make_tiny(sub)
+    _add_serve(sub)
+    _add_chat(sub)
     _add_generate(sub)
+    _add_make_tiny(sub)
     return parser
 
 

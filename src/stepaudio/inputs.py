@@ -8,7 +8,7 @@ from typing import Any
 
 import base64
 import binascii
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, unquote_to_bytes, urlparse
 
 import numpy as np
 import torch
@@ -52,11 +52,11 @@ def decode_audio_part(part: dict[str, Any]) -> np.ndarray:
     """The 16 kHz waveform of one audio content part (offline use: local files are allowed)."""
     kind = part.get("type")
     if kind == "input_audio":
-        return load_audio(_b64decode((part.get("input_audio") or {}).get("data", "")))
+        return load_audio(decode_base64((part.get("input_audio") or {}).get("data", "")))
     if kind == "audio_url":
         url = (part.get("audio_url") or {}).get("url", "")
         if url.startswith("data:"):
-            return load_audio(_b64decode(url.partition(",")[2]))
+            return load_audio(decode_data_url(url))
         if url.startswith("file://"):
             return load_audio(unquote(urlparse(url).path))
         raise AudioError(f"audio_url must be a data: or file:// URL offline, got {url[:40]!r}")
@@ -66,11 +66,21 @@ def decode_audio_part(part: dict[str, Any]) -> np.ndarray:
     return load_audio(audio)
 
 
-def _b64decode(data: str) -> bytes:
+def decode_base64(data: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:
         raise AudioError(f"audio data is not valid base64: {e}") from None
+
+
+def decode_data_url(url: str) -> bytes:
+    """The bytes of a `data:[<mediatype>][;base64],<data>` URL (base64 or percent-encoded)."""
+    header, comma, payload = url.removeprefix("data:").partition(",")
+    if not comma:
+        raise AudioError("data: URL has no ',' before its data")
+    if header.endswith(";base64"):
+        return decode_base64(payload)
+    return unquote_to_bytes(payload)
 
 
 def resolve_audio_parts(messages: Sequence[dict[str, Any]], max_chunk_seconds: float = 25.0

@@ -64,7 +64,7 @@ class AsyncEngine:
             request_id = args[0]
             try:
                 self.engine.add_request(*args)
-            except ValueError as e:  # refused requests fail their own stream only
+            except Exception as e:  # refused requests fail their own stream only
                 queue = self._queues.get(request_id)
                 if queue is not None:
                     queue.put_nowait(e)
@@ -77,11 +77,23 @@ class AsyncEngine:
                 if not self._commands:
                     await self._wake.wait()
                 continue
-            outputs = await asyncio.to_thread(self._step)
+            try:
+                outputs = await asyncio.to_thread(self._step)
+            except Exception as e:  # a failed step fails the requests in flight, never the loop itself
+                self._fail_all(e)
+                continue
             for out in outputs:
                 queue = self._queues.get(out.request_id)
                 if queue is not None:
                     queue.put_nowait(out)
+
+    def _fail_all(self, error: Exception) -> None:
+        """Abort every request the engine holds (freeing their KV blocks) and raise `error` in their streams."""
+        for request_id in list(self.engine.requests):
+            self.engine.abort(request_id)
+            queue = self._queues.get(request_id)
+            if queue is not None:
+                queue.put_nowait(error)
 
     def _step(self) -> list[RequestOutput]:
         with torch.inference_mode():

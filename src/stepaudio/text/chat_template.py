@@ -128,11 +128,18 @@ def _cut_after_final_message(rendered: str, final: str) -> str:
     return rendered[: start + len(final.strip())]
 
 
+def _is_file(value: str) -> bool:
+    """Whether `value` names a file; an inline template (long, with newlines) is not a valid path at all."""
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # e.g. "File name too long", or a NUL byte
+        return False
+
+
 def load_chat_template(value: str) -> str:
     """A `--chat-template` value, as vLLM takes it: a path to a Jinja file, or the template itself."""
-    path = Path(value)
-    if len(value) < 4096 and path.is_file():
-        return path.read_text()
+    if _is_file(value):
+        return Path(value).read_text()
     if "{{" in value or "{%" in value:
         return value
     raise ChatTemplateError(f"chat template {value!r} is neither a readable file nor a Jinja template")

@@ -1,0 +1,65 @@
+"""Real servers for the server tests: uvicorn on a free loopback port, one tiny checkpoint, and the engine's
+offline API (LLM) on the same weights as the reference for what the model says."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from model_fixtures import tiny_dir  # noqa: F401  (fixture)
+from stepaudio.engine.engine import EngineConfig, LLMEngine
+from stepaudio.engine.llm import LLM
+from stepaudio.server.launcher import ServerThread, build_app
+from stepaudio.server.settings import ServerSettings
+
+MODEL = "tiny-step-audio"
+ENGINE_OPTIONS = {"num_kv_blocks": 512, "block_size": 16}   # 8192 tokens of KV; a few MB for the tiny model
+
+
+def tone(seconds: float, freq: float = 440.0, sr: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def wav_bytes(wav: np.ndarray, sr: int = 16000, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wav, sr, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def audio_part(data: bytes) -> dict[str, Any]:
+    return {"type": "input_audio", "input_audio": {"data": b64(data), "format": "wav"}}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir: Path) -> LLM:  # noqa: F811
+    """The offline engine on the tiny checkpoint: what the server must answer."""
+    return LLM(tiny_dir, dtype="float32", **ENGINE_OPTIONS)
+
+
+@contextmanager
+def running_server(llm: LLM, engine_options: dict[str, Any] | None = None, **settings: Any) -> Iterator[str]:
+    """A server sharing the reference's weights (its own engine and KV cache); yields its base URL."""
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(**{**ENGINE_OPTIONS, **(engine_options or {})}))
+    options = {"served_model_names": [MODEL], "model_root": "tiny", **settings}
+    with ServerThread(build_app(engine, ServerSettings(**options))) as server:
+        yield server.url
+
+
+def metric(url: str, name: str) -> float:
+    """A metric's value from /metrics: the sum over its label sets ('name{' or 'name ' lines)."""
+    lines = httpx.get(url + "/metrics").text.splitlines()
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith((name + "{", name + " ")))
