@@ -176,6 +176,25 @@ def test_thinking_off_prefills_the_closed_block(parts):
     assert parts[1].decode(seq.prompt_ids).endswith("<|BOT|>assistant\n<think>\n\n</think>\n")
 
 
+@pytest.mark.parametrize("prefill, in_reasoning", [("<think>\nLet me listen.", True),
+                                                   ("<think>\nShort.\n</think>\n", False)])
+def test_an_assistant_prefill_decides_where_output_starts(parts, prefill, in_reasoning):
+    model, tok = parts
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": prefill}]
+    p = prepare_chat(tok, messages, [], add_generation_prompt=False, continue_final_message=True)
+    assert tok.decode(p.token_ids).rstrip("\n").endswith(prefill.rstrip("\n"))
+    engine = make_engine(parts)
+    engine.add_request("p", p.token_ids, p.mels, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    assert engine.requests["p"].texts[next(iter(engine.requests["p"].texts))].in_reasoning is in_reasoning
+    reasoning = content = ""
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            reasoning += "".join(d.reasoning for d in out.deltas)
+            content += "".join(d.content for d in out.deltas)
+    # The random model never closes a think block: all reasoning when open, all answer once closed.
+    assert (reasoning != "", content != "") == (in_reasoning, not in_reasoning)
+
+
 def test_requests_too_long_are_refused_before_taking_memory(parts):
     engine = make_engine(parts, max_model_len=40)
     p = prompts(parts[1], 3)[2]

@@ -237,6 +237,12 @@ def test_min_tokens_masks_stop_token_ids_too() -> None:
     assert Sampler([EOS])(eos_first_logits(), [target]).token_ids == [9]
 
 
+def test_min_tokens_ignores_stop_ids_outside_the_vocabulary() -> None:
+    # The official client sends stop id 151665 whatever the model; it must not index past the logits.
+    target = row(temperature=0, min_tokens=1, stop_token_ids=[7, VOCAB + 100])
+    assert Sampler([EOS, VOCAB + 5])(eos_first_logits(), [target]).token_ids == [9]
+
+
 def test_ignore_eos_alone_never_masks_eos() -> None:
     assert Sampler([EOS])(eos_first_logits(), [row(temperature=0, ignore_eos=True)]).token_ids == [EOS]
 

@@ -11,6 +11,7 @@ import torch
 from ..audio.features import num_audio_tokens
 from ..model.packed_linear import is_packed, pack_decoder
 from ..model.step_audio import StepAudioForCausalLM
+from ..text.reasoning import THINK_END, THINK_START
 from ..text.tokenizer import StepTokenizer
 from .block_manager import BlockManager
 from .kv_cache import KVPool
@@ -97,6 +98,7 @@ class LLMEngine:
         prompt_ids = self._apply_thinking_mode(list(prompt_ids), params)
         audio = [self._audio_chunk(m) for m in mels]
         self._check_request(prompt_ids, audio, params)
+        in_reasoning = self._prompt_leaves_think_open(prompt_ids)
         seqs, texts = [], {}
         for index in range(params.n):
             seq = Sequence(seq_id=next(self._seq_ids), request_id=request_id, index=index, prompt_ids=prompt_ids,
@@ -104,9 +106,11 @@ class LLMEngine:
             seq.generator = make_generator(child_seed(params.seed, index) if params.n > 1 else params.seed,
                                            self.runner.device)
             seqs.append(seq)
-            texts[seq.seq_id] = SequenceText(self.tokenizer, params, starts_in_reasoning=params.thinking == "on")
-            self.scheduler.add(seq)
+            texts[seq.seq_id] = SequenceText(self.tokenizer, params, starts_in_reasoning=in_reasoning)
+        # Registered only once every sequence is built, so a failure above leaves nothing behind.
         self.requests[request_id] = _Request(request_id, seqs, texts, sum(a.num_tokens for a in audio))
+        for seq in seqs:
+            self.scheduler.add(seq)
 
     def abort(self, request_id: str) -> None:
         """Drop a request now: its sequences leave the schedule and their KV blocks are freed."""
@@ -206,6 +210,12 @@ class LLMEngine:
         if prompt_ids[-len(self._think_open_ids):] == self._think_open_ids:
             return prompt_ids + self._think_close_ids
         return prompt_ids + self._think_open_ids + self._think_close_ids
+
+    def _prompt_leaves_think_open(self, prompt_ids: list[int]) -> bool:
+        """Whether generation starts inside a think block: the R1 generation prompt ends in "<think>\n", but an
+        assistant prefill may already have closed it (then the output is all answer)."""
+        text = self.tokenizer.decode(prompt_ids)
+        return text.rfind(THINK_START) > text.rfind(THINK_END)
 
     def _audio_chunk(self, mel: torch.Tensor) -> AudioChunk:
         digest = hashlib.sha256(mel.detach().cpu().float().numpy().tobytes()).hexdigest()

@@ -44,11 +44,12 @@ class ModelRunner:
         self.encoder_cache = encoder_cache
         self.device = model.device
         # The decode step is the same small graph every step. torch.compile with freezing treats the weights
-        # as constants: on CPU it prepacks them for oneDNN, which roughly doubles batch-1 decode speed (the
-        # stock bf16 matrix-vector kernel reaches about half the memory bandwidth), and it fuses the
-        # elementwise work. Dynamic shapes: batch size and context length changes reuse the graph.
-        # Prefill runs eagerly: it is large enough that per-op overhead does not matter.
-        self._compiled_logits = torch.compile(self._logits_of_last, dynamic=True) if compile_decode else None
+        # as constants (packing them for oneDNN on CPU) and fuses the elementwise work between the matrix
+        # products. Prefill runs eagerly: it is large enough that per-op overhead does not matter.
+        self._compiled_logits = None
+        if compile_decode:
+            self._compiled_logits = torch.compile(self._logits_of_last, dynamic=True)
+            self._compile_decode_graphs()
 
     @torch.inference_mode()
     def prefill(self, step: PrefillStep) -> torch.Tensor:
@@ -70,8 +71,29 @@ class ModelRunner:
         context = PagedAttention(self.pool, [s.block_table for s in seqs], [s.num_tokens for s in seqs], 1)
         if self._compiled_logits is None:
             return self._logits_of_last(ids, positions, context)
-        # Compilation happens lazily, at the first call of each graph, under this setting; passing it in
-        # torch.compile's options does not reach the freezing pass (measured: no speed-up that way).
+        return self._run_compiled(ids, positions, context)
+
+    @torch.inference_mode()
+    def _compile_decode_graphs(self) -> None:
+        """Compile both decode graphs now, not in the middle of serving: batch 1 (no mask) and one for every
+        larger batch, both for any context length (batch and length dimensions marked dynamic, else
+        torch.compile would first specialise on the sizes it sees). The dummy rows write into block 0,
+        which is free at start-up and is rewritten before any read once it is allocated."""
+        for batch in (1, 2):
+            ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
+            positions = torch.ones(batch, 1, dtype=torch.long, device=self.device)
+            context = PagedAttention(self.pool, [[0]] * batch, [2] * batch, 1)
+            dynamic = [(context.read_slots, 1)]
+            if batch > 1:
+                dynamic += [(ids, 0), (positions, 0), (context.write_slots, 0), (context.read_slots, 0),
+                            (context.mask, 0), (context.mask, 3)]
+            for tensor, dim in dynamic:
+                torch._dynamo.mark_dynamic(tensor, dim)
+            self._run_compiled(ids, positions, context)
+
+    def _run_compiled(self, ids: torch.Tensor, positions: torch.Tensor, context: PagedAttention) -> torch.Tensor:
+        # Graphs compile at their first call, under this setting; passing it in torch.compile's options does
+        # not reach the freezing pass (measured: no speed-up that way).
         with torch._inductor.config.patch(freezing=True):
             return self._compiled_logits(ids, positions, context)
 

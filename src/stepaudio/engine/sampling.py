@@ -107,6 +107,8 @@ class SamplingParams:
             _require(0 <= self.logprobs <= MAX_LOGPROBS,
                      f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}.")
         _require(all(self.stop), "stop cannot contain an empty string.")
+        _require(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+                 f"stop_token_ids must be non-negative integers, got {self.stop_token_ids}.")
 
     @property
     def greedy(self) -> bool:
@@ -203,10 +205,12 @@ def apply_min_tokens(logits: torch.Tensor, rows: Sequence[SamplingRow], eos_toke
     """Forbid stop_token_ids and eos until a row has min_tokens outputs.
 
     As in vLLM, eos is masked even with ignore_eos (that flag only keeps the engine from stopping).
+    Ids outside the vocabulary can never be sampled, so there is nothing to mask for them.
     """
+    vocab = logits.shape[1]
     for i, row in enumerate(rows):
         if len(row.output_ids) < row.params.min_tokens:
-            banned = sorted(set(row.params.stop_token_ids) | set(eos_token_ids))
+            banned = sorted(t for t in set(row.params.stop_token_ids) | set(eos_token_ids) if 0 <= t < vocab)
             logits[i, banned] = float("-inf")
 
 

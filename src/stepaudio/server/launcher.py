@@ -49,6 +49,7 @@ def load_engine(model_dir: str | Path, *, dtype: str | None, device: str, config
     """The engine, with max_model_len lowered to the KV capacity unless the user asked for more (an error)."""
     tokenizer = StepTokenizer.from_dir(model_dir)
     model = load_model(model_dir, dtype=dtype, device=device, progress=True)
+    params = sum(p.numel() for p in model.parameters())  # before the engine packs the LLM's weights
     engine = LLMEngine(model, tokenizer, _no_bigger_than_needed(config, model))
     if engine.max_model_len > engine.kv_capacity_tokens:
         if max_model_len_given:
@@ -56,10 +57,8 @@ def load_engine(model_dir: str | Path, *, dtype: str | None, device: str, config
                              f"({engine.kv_capacity_tokens} tokens); raise --kv-cache-memory-gb or lower it")
         logger.info("max_model_len lowered to the KV cache capacity: %d tokens", engine.kv_capacity_tokens)
         engine.max_model_len = engine.kv_capacity_tokens
-    params = sum(p.numel() for p in model.parameters())
-    weight = model.lm_head.weight
     logger.info("loaded %s: %.1f M parameters, %d decoder layers, on %s as %s", model_dir, params / 1e6,
-                model.config.text.num_hidden_layers, weight.device, str(weight.dtype).removeprefix("torch."))
+                model.config.text.num_hidden_layers, model.device, str(model.dtype).removeprefix("torch."))
     logger.info("KV cache: %d tokens (%d blocks of %d); max_model_len %d; max_num_seqs %d",
                 engine.kv_capacity_tokens, engine.blocks.num_blocks, engine.blocks.block_size,
                 engine.max_model_len, config.max_num_seqs)
@@ -75,7 +74,7 @@ def _no_bigger_than_needed(config: EngineConfig, model: StepAudioForCausalLM) ->
     longest = min(config.max_model_len or text.max_position_embeddings, text.max_position_embeddings)
     needed = -(-config.max_num_seqs * longest // config.block_size)
     per_block = KVPool.bytes_per_block(text.num_hidden_layers, config.block_size, text.num_key_value_heads,
-                                       text.head_dim, model.lm_head.weight.dtype)
+                                       text.head_dim, model.dtype)
     if needed * per_block >= config.kv_cache_memory_gb * 2**30:
         return config
     return replace(config, num_kv_blocks=needed)
