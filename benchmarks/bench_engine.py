@@ -80,9 +80,10 @@ def make_prompt(tokenizer: StepTokenizer, seconds: float, words: int, seed: int)
 
 
 def concurrent_workload(tokenizer: StepTokenizer, count: int) -> tuple[list[PreparedPrompt], list[int]]:
-    """Audio of 2..12 s, questions of different lengths, 48..128 output tokens each."""
+    """Audio of 2..12 s, questions of different lengths, 96..256 output tokens each (a short reasoning
+    and an answer: R1 usually writes more, which would only favour batching further)."""
     prompts = [make_prompt(tokenizer, 2 + (7 * i) % 11, i % 5, seed=i) for i in range(count)]
-    return prompts, [48 + (37 * i) % 81 for i in range(count)]
+    return prompts, [96 + (37 * i) % 161 for i in range(count)]
 
 
 def greedy(max_tokens: int) -> SamplingParams:
@@ -243,8 +244,10 @@ def case_concurrent(model, hf, tokenizer) -> None:
           f"-> ours {seq_s / ours_s:.1f}x")
     print(f"  transformers, one padded batch:      {padded_s:6.1f} s  {total / padded_s:6.1f} tok/s  "
           f"-> ours {padded_s / ours_s:.2f}x")
-    print(f"  greedy tokens identical to transformers (sequential): {same}/16 requests; "
-          f"padded batch vs sequential: {sum(a == b for a, (_, b) in zip(padded_tokens, sequential))}/16")
+    # A sanity line, not a parity test (those are fp32, in tests/): in bf16 any change of kernel or batch shape
+    # rounds differently and greedy paths of a random model part at near-ties, transformers' own included.
+    print(f"  greedy outputs equal to transformers' sequential ones: ours {same}/16, "
+          f"transformers' padded batch {sum(a == b for a, (_, b) in zip(padded_tokens, sequential))}/16 (bf16)")
 
 
 def timed_generate(model, hf, patch: int, prompt: PreparedPrompt, n: int) -> tuple[float, list[int]]:

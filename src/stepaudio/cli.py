@@ -83,6 +83,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="largest prefill chunk per step")
     p.add_argument("--kv-cache-memory-gb", type=float, default=1.0, help="memory for the paged KV cache")
+    p.add_argument("--compile-decode", action="store_true",
+                   help="torch.compile the decode step at start-up (slower start, faster batch-1 decode)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests that may wait beyond --max-num-seqs running ones; more get HTTP 429")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
@@ -149,7 +151,8 @@ def _run_serve(args: argparse.Namespace) -> None:
         max_queue=args.max_queue, log_requests=args.enable_log_requests)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                           max_num_batched_tokens=args.max_num_batched_tokens,
-                          kv_cache_memory_gb=args.kv_cache_memory_gb, audio_token_formula=args.audio_token_formula)
+                          kv_cache_memory_gb=args.kv_cache_memory_gb, audio_token_formula=args.audio_token_formula,
+                          compile_decode=args.compile_decode)
     engine = load_engine(args.model_dir, dtype=None if args.dtype == "auto" else args.dtype, device=args.device,
                          config=config, max_model_len_given=args.max_model_len is not None)
     serve(build_app(engine, settings), args.host, args.port, log_level=args.uvicorn_log_level)
