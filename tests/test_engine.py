@@ -174,6 +174,7 @@ def test_thinking_off_prefills_the_closed_block(parts):
     engine.add_request("off", p.token_ids, p.mels, SamplingParams(max_tokens=2, thinking="off"))
     seq = engine.requests["off"].seqs[0]
     assert parts[1].decode(seq.prompt_ids).endswith("<|BOT|>assistant\n<think>\n\n</think>\n")
+    assert engine.apply_thinking_mode(seq.prompt_ids, "off") == seq.prompt_ids  # applying it twice changes nothing
 
 
 @pytest.mark.parametrize("prefill, in_reasoning", [("<think>\nLet me listen.", True),

@@ -86,6 +86,25 @@ def test_audio_longer_than_allowed(url):
     assert "61.0 s" in error["message"]
 
 
+def test_thinking_off_counts_the_tokens_that_close_the_think_block(url):
+    # A prompt one token short of max_model_len (512) fits with thinking on; with thinking off the engine
+    # appends "\n</think>\n", so the server must refuse it up front with a 400, streamed or not.
+    def messages(n: int) -> list[dict]:
+        return [{"role": "user", "content": "a" + " a" * n}]
+
+    def count(n: int) -> int:
+        return post(url, {"messages": messages(n)}, path="/tokenize").json()["count"]
+
+    n = 511 - count(0)
+    while count(n) < 511:
+        n += 1
+    assert count(n) == 511
+    assert post(url, chat(messages=messages(n), max_tokens=1)).status_code == 200
+    for stream in (False, True):
+        assert_error(post(url, chat(messages=messages(n), thinking="off", stream=stream)), 400,
+                     "context_length_exceeded")
+
+
 def test_too_many_audio_parts(url):
     parts = [audio_part(wav_bytes(tone(0.5)))] * 5
     assert_error(post(url, user(*parts)), 400, "too_many_audio_parts")

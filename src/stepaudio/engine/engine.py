@@ -95,7 +95,7 @@ class LLMEngine:
         """Queue a request: prompt ids with one expanded audio block per mel chunk, in order."""
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
-        prompt_ids = self._apply_thinking_mode(list(prompt_ids), params)
+        prompt_ids = self.apply_thinking_mode(prompt_ids, params.thinking)
         audio = [self._audio_chunk(m) for m in mels]
         self._check_request(prompt_ids, audio, params)
         in_reasoning = self._prompt_leaves_think_open(prompt_ids)
@@ -203,11 +203,13 @@ class LLMEngine:
 
     # ---- request checks -------------------------------------------------------------------------
 
-    def _apply_thinking_mode(self, prompt_ids: list[int], params: SamplingParams) -> list[int]:
-        """thinking="off": close the think block in the prompt, the upstream non-CoT form <think>\\n\\n</think>\\n."""
-        if params.thinking == "on":
+    def apply_thinking_mode(self, prompt_ids: list[int], thinking: str) -> list[int]:
+        """The prompt the engine runs: with thinking="off" the think block is closed, in the upstream non-CoT
+        form <think>\n\n</think>\n. Idempotent, so a server can apply it first to check the final length."""
+        prompt_ids = list(prompt_ids)
+        if thinking == "on" or prompt_ids[-len(self._think_close_ids):] == self._think_close_ids:
             return prompt_ids
-        if prompt_ids[-len(self._think_open_ids):] == self._think_open_ids:
+        if self._prompt_leaves_think_open(prompt_ids):
             return prompt_ids + self._think_close_ids
         return prompt_ids + self._think_open_ids + self._think_close_ids
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jinja2
@@ -49,6 +49,8 @@ class RequestPreparer:
         prompt = await self.prompt(request.messages, tools=request.tools,
                                    add_generation_prompt=request.add_generation_prompt,
                                    continue_final_message=request.continue_final_message)
+        # The engine closes the think block for thinking="off"; count those tokens in the length checks.
+        prompt = replace(prompt, token_ids=self.engine.apply_thinking_mode(prompt.token_ids, request.thinking))
         self.check_prompt_length(prompt)
         return EngineInputs(prompt, self.sampling_params(request, len(prompt.token_ids)))
 
