@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .client import ServerError, list_models, split_stream, stream_chat, user_message
+from .endpoint import model_endpoint
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 HELP = "commands: /audio FILE (attach to the next message), /reset (forget the history), /exit"
@@ -97,15 +97,7 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | None = None) -> None:
     inp, out = inp or sys.stdin, out or sys.stdout
-    if (args.api_base is None) == (args.model is None):
-        raise ValueError("give exactly one of --api-base URL and --model DIR")
-    with ExitStack() as stack:
-        api_base, splits = args.api_base, None
-        if args.model is not None:
-            from .server.launcher import private_server  # torch and the engine only when a model runs here
-
-            api_base, splits = stack.enter_context(private_server(args.model, dtype=args.dtype, device=args.device,
-                                                                  kv_cache_memory_gb=args.kv_cache_memory_gb)), True
+    with model_endpoint(args) as (api_base, splits):
         names = list_models(api_base, args.api_key)
         session = ChatSession(api_base=api_base, model=names[0], options=_sampling_options(args),
                               api_key=args.api_key, system=args.system, server_splits_reasoning=splits)
