@@ -49,9 +49,19 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+SERVER_MAX_AUDIO_SECONDS = 10.0   # below the demo's budget, so that a longer clip gets a real HTTP error
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("demo_audio") / "long.wav"
+    sf.write(path, speech_like(SERVER_MAX_AUDIO_SECONDS + 2), 16000)
+    return path
+
+
 @pytest.fixture(scope="module")
 def server_url(reference) -> Iterator[str]:  # noqa: F811
-    with running_server(reference, reasoning_parser="step_audio") as url:
+    with running_server(reference, reasoning_parser="step_audio", max_audio_seconds=SERVER_MAX_AUDIO_SECONDS) as url:
         yield url
 
 

@@ -22,7 +22,7 @@ from .session import AudioBudget, Conversation, InputProblem, UserTurn, prepare_
 TITLE = "Step-Audio-R1: listen, think, answer"
 THINKING_TITLE = "Thinking"
 STOPPED_NOTE = "\n\n*(stopped)*"
-NO_ANSWER = "*(no answer: the token limit was reached while thinking)*"
+NO_ANSWER = "*(no answer: the model stopped, or ran out of tokens, while thinking)*"
 REFRESH_SECONDS = 0.08  # how often the streaming chat is redrawn at most
 CSS = "#budget-note {opacity: 0.8; font-size: 0.9em} footer {display: none !important}"
 
