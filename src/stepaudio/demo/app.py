@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ TITLE = "Step-Audio-R1: listen, think, answer"
 THINKING_TITLE = "Thinking"
 STOPPED_NOTE = "\n\n*(stopped)*"
 NO_ANSWER = "*(no answer: the model stopped, or ran out of tokens, while thinking)*"
+CONCURRENT_CHATS = 16
 REFRESH_SECONDS = 0.08  # how often the streaming chat is redrawn at most
 CSS = "#budget-note {opacity: 0.8; font-size: 0.9em} footer {display: none !important}"
 
@@ -83,8 +85,9 @@ def build_demo(backend: Backend, pictures_dir: Path, audio_budget_seconds: float
         inputs = [text, audio, system, max_tokens, temperature, top_p, thinking_mode, thinking_budget,
                   show_thinking, conversation]
         outputs = [chat, conversation, budget_note, text, audio]
-        send.click(respond, inputs, outputs, concurrency_id="chat")
-        text.submit(respond, inputs, outputs, concurrency_id="chat")
+        # Several tabs may chat at once: the server batches them (its --max-num-seqs defaults to 16 too).
+        send.click(respond, inputs, outputs, concurrency_id="chat", concurrency_limit=CONCURRENT_CHATS)
+        text.submit(respond, inputs, outputs, concurrency_id="chat", concurrency_limit=CONCURRENT_CHATS)
 
         def press_stop(request: gr.Request) -> None:
             signals.stop(request.session_hash or "")
@@ -100,7 +103,7 @@ def build_demo(backend: Backend, pictures_dir: Path, audio_budget_seconds: float
 
 
 def stream_turn(backend: Backend, conv: Conversation, turn: UserTurn, messages: list[dict[str, Any]],
-                options: dict[str, Any], stopped: Any) -> Iterator[list[dict[str, Any]]]:
+                options: dict[str, Any], stopped: threading.Event) -> Iterator[list[dict[str, Any]]]:
     """Stream one answer into `conv.shown`, yielding the chat at most every REFRESH_SECONDS; remember the turn
     unless the server failed it (then the chat says why and the budget is not charged)."""
     thinking: dict[str, Any] | None = None
