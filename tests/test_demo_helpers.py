@@ -16,11 +16,11 @@ import soundfile as sf
 
 from demo_fixtures import free_port, wait_until
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
-from server_fixtures import tone
+from server_fixtures import MODEL, reference, running_server, tone  # noqa: F401
 from stepaudio.cli import main
 from stepaudio.client import ServerError
 from stepaudio.demo.app import NO_ANSWER, STOPPED_NOTE, stream_turn
-from stepaudio.demo.backend import StopSignals, error_message, sampling_options, thinking_options
+from stepaudio.demo.backend import Backend, StopSignals, error_message, sampling_options, thinking_options
 from stepaudio.demo.plots import CHUNK_MARK, SPEC_HEIGHT, WAVE_HEIGHT, WIDTH, audio_picture, waveform_strip
 from stepaudio.demo.session import AudioBudget, Conversation, InputProblem, prepare_turn, visible
 
@@ -200,3 +200,14 @@ def _page_served(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_backend_splits_raw_thinking_from_a_server_without_the_reasoning_parser(reference):  # noqa: F811
+    with running_server(reference) as url:   # content carries "...</think>answer", as upstream sends it
+        backend = Backend(url + "/v1", MODEL)
+        messages = [{"role": "user", "content": "Hello"}]
+        options = {"max_tokens": 24, "temperature": 0, **thinking_options("limited", 6)}
+        pieces = list(backend.stream(messages, options, threading.Event()))
+    kinds = [kind for kind, _ in pieces]
+    assert kinds[0] == "thinking" and "answer" in kinds
+    assert not any("</think>" in text for _, text in pieces)
