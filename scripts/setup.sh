@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install stepaudio into ./.venv. Safe to run again: it only adds what is missing.
-#   bash scripts/setup.sh         runtime (CLI, model core)
+#   bash scripts/setup.sh         runtime (CLI, model core, server, web demo)
 #   bash scripts/setup.sh --dev   plus what the tests need (pytest, transformers as a numerical
-#                                 reference, ffmpeg and espeak-ng to make test audio)
+#                                 reference, ffmpeg and espeak-ng to make test audio, Debian's
+#                                 chromium driven by playwright for the web demo's browser tests)
 # torch is pinned to the CPU wheel (torch==2.13.0); GPU users set STEPAUDIO_TORCH, e.g.
 #   STEPAUDIO_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
 set -euo pipefail
@@ -14,7 +15,7 @@ python=${PYTHON:-python3}
 
 apt_packages=()
 "$python" -c "import ensurepip" 2>/dev/null || apt_packages+=(python3-venv)
-if [ "$dev" = 1 ]; then apt_packages+=(ffmpeg espeak-ng); fi
+if [ "$dev" = 1 ]; then apt_packages+=(ffmpeg espeak-ng chromium); fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -28,9 +29,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-extras=""
-[ "$dev" = 1 ] && extras="[dev]"
+extras="[demo]"
+[ "$dev" = 1 ] && extras="[demo,dev]"
 # torch comes first in the same resolve so nothing can pull a CUDA build.
 # shellcheck disable=SC2086
 .venv/bin/pip install --quiet --disable-pip-version-check ${STEPAUDIO_TORCH:-torch==2.13.0} -e ".${extras}"
+# playwright drives /usr/bin/chromium (apt); never `playwright install` (it downloads a browser).
 echo "setup: ready (.venv/bin/stepaudio)"

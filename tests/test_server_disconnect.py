@@ -35,7 +35,7 @@ def url(reference):  # noqa: F811
 
 
 def test_disconnect_mid_stream_aborts_and_frees_kv(url):
-    finished = metric(url, "vllm:request_success_total")
+    finished, aborted = metric(url, "vllm:request_success_total"), metric(url, "stepaudio:requests_aborted_total")
     with httpx.stream("POST", url + "/v1/chat/completions", json={**ENDLESS, "stream": True}, timeout=30) as stream:
         lines = stream.iter_lines()
         data = [ln for ln in (next(lines) for _ in range(12)) if ln.startswith("data:")]
@@ -43,14 +43,16 @@ def test_disconnect_mid_stream_aborts_and_frees_kv(url):
         assert metric(url, "vllm:kv_cache_usage_perc") > 0 and metric(url, "vllm:num_requests_running") == 1
     wait_until(lambda: idle(url))
     assert metric(url, "vllm:request_success_total") == finished  # aborted, not run to its end
+    assert metric(url, "stepaudio:requests_aborted_total") == aborted + 1
 
 
 def test_disconnect_while_waiting_for_a_whole_response_aborts_it(url):
-    finished = metric(url, "vllm:request_success_total")
+    finished, aborted = metric(url, "vllm:request_success_total"), metric(url, "stepaudio:requests_aborted_total")
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/chat/completions", json=ENDLESS, timeout=httpx.Timeout(30, read=0.5))
     wait_until(lambda: idle(url))
     assert metric(url, "vllm:request_success_total") == finished
+    assert metric(url, "stepaudio:requests_aborted_total") == aborted + 1
 
 
 def test_full_queue_answers_429_with_retry_after(reference):  # noqa: F811

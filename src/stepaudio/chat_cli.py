@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .client import ServerError, list_models, split_stream, stream_chat, user_message
+from .endpoint import model_endpoint
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 HELP = "commands: /audio FILE (attach to the next message), /reset (forget the history), /exit"
@@ -97,12 +97,7 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | None = None) -> None:
     inp, out = inp or sys.stdin, out or sys.stdout
-    if (args.api_base is None) == (args.model is None):
-        raise ValueError("give exactly one of --api-base URL and --model DIR")
-    with ExitStack() as stack:
-        api_base, splits = args.api_base, None
-        if args.model is not None:
-            api_base, splits = stack.enter_context(_local_server(args)), True
+    with model_endpoint(args) as (api_base, splits):
         names = list_models(api_base, args.api_key)
         session = ChatSession(api_base=api_base, model=names[0], options=_sampling_options(args),
                               api_key=args.api_key, system=args.system, server_splits_reasoning=splits)
@@ -111,18 +106,3 @@ def run_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | 
             if not args.interactive:
                 return
         _interactive(session, inp, out)
-
-
-@contextmanager
-def _local_server(args: argparse.Namespace) -> Iterator[str]:
-    """A server of our own for --model, on a free loopback port, for as long as the chat lasts."""
-    from .engine.engine import EngineConfig
-    from .server.launcher import ServerThread, build_app, load_engine
-    from .server.settings import ServerSettings
-
-    engine = load_engine(args.model, dtype=args.dtype, device=args.device,
-                         config=EngineConfig(kv_cache_memory_gb=args.kv_cache_memory_gb), max_model_len_given=False)
-    settings = ServerSettings(served_model_names=[str(args.model)], model_root=str(args.model),
-                              reasoning_parser="step_audio")
-    with ServerThread(build_app(engine, settings)) as server:
-        yield server.url + "/v1"

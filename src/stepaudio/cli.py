@@ -1,4 +1,4 @@
-"""`stepaudio` command line: serve, chat, generate, make-tiny (demo, eval, ... arrive with their issues)."""
+"""`stepaudio` command line: serve, chat, demo, generate, make-tiny (eval, ... arrive with their issues)."""
 
 from __future__ import annotations
 
@@ -188,12 +188,37 @@ def _run_chat(args: argparse.Namespace) -> None:
     run_chat(args)
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="web demo in the browser (Gradio), against a server or a local checkpoint",
+                       description="Chat with audio and text in a browser: live thinking, sliders, Stop. "
+                                   "See docs/DEMO.md.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--api-base", help="OpenAI API base of a running server, e.g. http://127.0.0.1:9999/v1")
+    where.add_argument("--model", type=Path, help="checkpoint folder: start a private server for the demo")
+    p.add_argument("--host", default="127.0.0.1", help="address the page listens on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--api-key", help="key of the server at --api-base")
+    p.add_argument("--audio-budget-seconds", type=float,
+                   help="audio one conversation may hold (default: upstream's 10 MB of 16 kHz WAV, about 328 s)")
+    p.add_argument("--dtype", default=None, help="with --model: bfloat16 | float16 | float32")
+    p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ...")
+    p.add_argument("--kv-cache-memory-gb", type=float, default=1.0, help="with --model: KV cache size")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from .demo.launch import run_demo
+
+    run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepaudio", description="Step-Audio-R1 audio reasoning models")
     parser.add_argument("--version", action="version", version=f"stepaudio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_chat(sub)
+    _add_demo(sub)
     _add_generate(sub)
     _add_make_tiny(sub)
     return parser

@@ -40,7 +40,12 @@ def wav_bytes(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
 
 def audio_parts(source: str | Path | bytes, max_seconds: float = CHUNK_SECONDS) -> list[dict[str, Any]]:
     """One `input_audio` part per <= 25 s chunk of the audio, in order."""
-    chunks = split_chunks(load_audio(source), max_seconds=max_seconds)
+    return waveform_parts(load_audio(source), max_seconds)
+
+
+def waveform_parts(wav: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> list[dict[str, Any]]:
+    """One `input_audio` part per <= 25 s chunk of a 16 kHz mono waveform already decoded."""
+    chunks = split_chunks(wav, max_seconds=max_seconds)
     return [{"type": "input_audio",
              "input_audio": {"data": base64.b64encode(wav_bytes(c)).decode("ascii"), "format": "wav"}}
             for c in chunks]

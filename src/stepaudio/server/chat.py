@@ -6,6 +6,7 @@ aborts the request in the engine, which frees its KV blocks at once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -86,11 +87,15 @@ class ChatServing:
     async def _outputs(self, request_id: str, inputs: EngineInputs,
                        tracker: RequestTracker) -> AsyncIterator[RequestOutput]:
         prompt = inputs.prompt
-        async with aclosing(self.engine.generate(request_id, prompt.token_ids, prompt.mels, inputs.params)) as outs:
-            async for out in outs:
-                if any(d.token_ids for d in out.deltas):
-                    tracker.output()
-                yield out
+        try:
+            async with aclosing(self.engine.generate(request_id, prompt.token_ids, prompt.mels, inputs.params)) as outs:
+                async for out in outs:
+                    if any(d.token_ids for d in out.deltas):
+                        tracker.output()
+                    yield out
+        except (GeneratorExit, asyncio.CancelledError):  # the client left (a closed stream, a cancelled task)
+            tracker.aborted()
+            raise
 
     def _usage(self, out: RequestOutput, assemblers: list[ChoiceAssembler]) -> Usage:
         completion = sum(a.completion_tokens for a in assemblers)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -132,3 +134,17 @@ class ServerThread:
         self._server.should_exit = True
         self._thread.join(10)
         self._sock.close()
+
+
+@contextmanager
+def private_server(model_dir: str | Path, *, dtype: str | None, device: str,
+                   kv_cache_memory_gb: float) -> Iterator[str]:
+    """A server of one's own for `chat --model` and `demo --model`: the checkpoint behind a free loopback
+    port with the thinking sent apart (reasoning parser on), for as long as the block lasts; yields the
+    OpenAI API base URL."""
+    engine = load_engine(model_dir, dtype=dtype, device=device,
+                         config=EngineConfig(kv_cache_memory_gb=kv_cache_memory_gb), max_model_len_given=False)
+    settings = ServerSettings(served_model_names=[str(model_dir)], model_root=str(model_dir),
+                              reasoning_parser="step_audio")
+    with ServerThread(build_app(engine, settings)) as server:
+        yield server.url + "/v1"

@@ -71,6 +71,8 @@ class ServerMetrics:
                                         registry=reg)
         self.request_success = Counter("vllm:request_success", "Finished sequences by finish reason.",
                                        labels + ["finished_reason"], registry=reg)
+        self.requests_aborted = Counter("stepaudio:requests_aborted", "Requests given up before they finished "
+                                        "(the client left or pressed Stop).", labels, registry=reg)
         self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time from the request's arrival to its first token.",
                               labels, buckets=TTFT_BUCKETS, registry=reg)
         self.itl = Histogram("vllm:inter_token_latency_seconds", "Time between successive outputs of a request.",
@@ -102,6 +104,9 @@ class RequestTracker:
         else:
             m.itl.labels(m.model_name).observe(now - self.last)
         self.last = now
+
+    def aborted(self) -> None:
+        self.metrics.requests_aborted.labels(self.metrics.model_name).inc()
 
     def finished(self, prompt_tokens: int, audio_tokens: int, completion_tokens: int, reasoning_tokens: int,
                  finish_reasons: list[str]) -> None:

@@ -1,0 +1,34 @@
+"""`stepaudio demo`: find the model (a running server, or a private one for --model), then serve the page."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from ..client import list_models
+from ..endpoint import model_endpoint
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """Serve the demo until Ctrl-C; errors (no model, server unreachable, gradio missing) are one line."""
+    if args.api_base is None and args.model is None:
+        raise ValueError("give --api-base URL (a running server) or --model DIR (a checkpoint to serve here); "
+                         "a default model comes with a later release")
+    if args.model is not None and not Path(args.model).is_dir():
+        raise FileNotFoundError(f"model folder {args.model} does not exist")
+    try:
+        from .app import build_demo
+        from .backend import Backend
+        from .session import DEFAULT_AUDIO_BUDGET_SECONDS
+    except ImportError as e:
+        raise ValueError(f"the web demo needs gradio ({e}); install it with: bash scripts/setup.sh") from None
+    with ExitStack() as stack:
+        api_base, splits = stack.enter_context(model_endpoint(args))
+        backend = Backend(api_base, list_models(api_base, args.api_key)[0], args.api_key, splits)
+        pictures = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stepaudio-demo-")))
+        demo = build_demo(backend, pictures, args.audio_budget_seconds or DEFAULT_AUDIO_BUDGET_SECONDS)
+        print(f"stepaudio demo: {backend.model} via {api_base}; open http://{args.host}:{args.port}", flush=True)
+        demo.queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[str(pictures)],
+                            show_error=False, quiet=True)

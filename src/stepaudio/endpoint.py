@@ -1,0 +1,24 @@
+"""Where `chat` and `demo` reach the model: a running server (--api-base) or a private one (--model)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def model_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, bool | None]]:
+    """Yield (OpenAI API base, whether the server sends the thinking apart: True for our private server,
+    None for a remote one, learnt from its stream). Uses args.api_base, or args.model with args.dtype,
+    args.device and args.kv_cache_memory_gb."""
+    if (args.api_base is None) == (args.model is None):
+        raise ValueError("give exactly one of --api-base URL (a running server) and --model DIR (a checkpoint)")
+    if args.api_base is not None:
+        yield args.api_base, None
+        return
+    from .server.launcher import private_server  # torch and the engine only when a model runs here
+
+    with private_server(args.model, dtype=args.dtype, device=args.device,
+                        kv_cache_memory_gb=args.kv_cache_memory_gb) as api_base:
+        yield api_base, True

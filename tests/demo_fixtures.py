@@ -1,0 +1,106 @@
+"""The web demo in a real browser: our server on the tiny checkpoint (reasoning parser on), the Gradio page
+against it, and Debian's chromium driven by playwright with a fake microphone that plays a wav."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from model_fixtures import tiny_dir  # noqa: F401  (fixture)
+from server_fixtures import MODEL, reference, running_server  # noqa: F401
+from stepaudio.demo.app import build_demo
+from stepaudio.demo.backend import Backend
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"   # git-ignored; screenshots land here
+
+
+def speech_like(seconds: float, sr: int = 16000) -> np.ndarray:
+    """Syllable-like bursts of a gliding tone: something to see in the waveform and spectrogram."""
+    t = np.arange(int(seconds * sr)) / sr
+    envelope = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) ** 2
+    return (0.4 * envelope * np.sin(2 * np.pi * (220 + 180 * np.sin(2 * np.pi * 0.7 * t)) * t)).astype(np.float32)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not reached in {seconds} s"
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("demo_audio") / "clip.wav"
+    sf.write(path, speech_like(3.0), 16000)
+    return path
+
+
+SERVER_MAX_AUDIO_SECONDS = 10.0   # below the demo's budget, so that a longer clip gets a real HTTP error
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("demo_audio") / "long.wav"
+    sf.write(path, speech_like(SERVER_MAX_AUDIO_SECONDS + 2), 16000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server_url(reference) -> Iterator[str]:  # noqa: F811
+    with running_server(reference, reasoning_parser="step_audio", max_audio_seconds=SERVER_MAX_AUDIO_SECONDS) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def demo_url(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    pictures = tmp_path_factory.mktemp("demo_pictures")
+    demo = build_demo(Backend(server_url + "/v1", MODEL, server_splits_reasoning=True), pictures,
+                      audio_budget_seconds=60.0)
+    _, url, _ = demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                    allowed_paths=[str(pictures)], quiet=True)
+    yield url.rstrip("/")
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser(clip: Path):
+    """Headless Debian chromium; its fake microphone plays `clip`. Skips only if chromium cannot start."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (setup.sh --dev)")
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"{CHROMIUM} is missing (apt install chromium; setup.sh --dev does)")
+    with sync_api.sync_playwright() as p:
+        try:
+            chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={clip}"])
+        except Exception as e:  # noqa: BLE001  a broken browser install is the one reason to skip
+            pytest.skip(f"chromium cannot start: {e}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, demo_url: str):
+    """A fresh browser tab (its own Gradio session) on the loaded demo page."""
+    context = browser.new_context(viewport={"width": 1280, "height": 960}, permissions=["microphone"])
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    tab.goto(demo_url)
+    tab.locator("#send").wait_for()
+    yield tab
+    context.close()
