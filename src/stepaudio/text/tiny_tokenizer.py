@@ -15,8 +15,8 @@ from .tokenizer import AUDIO_END, AUDIO_PATCH, AUDIO_START, BOT, EOT
 STEP_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", EOT, BOT,
                        AUDIO_START, AUDIO_END, AUDIO_PATCH, "<tts_start>", "<tts_end>")
 
-# Qwen2's pre-tokenizer split pattern.
-_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+# Qwen2's pre-tokenizer split pattern (also used by the default model's full-size tokenizer).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
           r"|\s+(?!\S)|\s+")
 
 _CORPUS = [
@@ -34,7 +34,7 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> Tokenizer:
     tok = Tokenizer(models.BPE(byte_fallback=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
