@@ -2,8 +2,8 @@
 
 At batch 1 decoding is a chain of matrix-vector products. On CPUs PyTorch's stock kernel for them reads
 weights at about half the memory bandwidth; the same product with the weight reordered once into
-oneDNN's blocked layout runs 1.5x (bf16) to 2.2x (fp32) faster, with bit-identical bf16 results and fp32
-results within rounding (measured with benchmarks/bench_engine.py). The swap drops the original weight,
+oneDNN's blocked layout runs 1.5x (bf16) to 2.2x (fp32) faster on the 2-core dev machine, with bit-identical
+bf16 results and fp32 results within rounding (decode figures: docs/PERFORMANCE.md). The swap drops the original weight,
 so memory does not grow, except for a tied LM head whose weight the embedding still needs.
 """
 
@@ -33,10 +33,13 @@ def can_pack(weight: torch.Tensor) -> bool:
     return weight.device.type == "cpu" and weight.dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available()
 
 
-def pack_linears(module: nn.Module) -> int:
-    """Replace every packable nn.Linear under `module` by a PackedLinear; returns how many were replaced."""
+def pack_linears(module: nn.Module, skip: tuple[str, ...] = ()) -> int:
+    """Replace every packable nn.Linear under `module` by a PackedLinear, except under the direct children
+    named in `skip`; returns how many were replaced."""
     replaced = 0
     for name, child in list(module.named_children()):
+        if name in skip:
+            continue
         if isinstance(child, nn.Linear) and can_pack(child.weight):
             setattr(module, name, PackedLinear(child))
             replaced += 1
@@ -48,13 +51,10 @@ def pack_linears(module: nn.Module) -> int:
 def pack_decoder(model: nn.Module) -> int:
     """Pack the LLM's linears (decoder layers and LM head): the weights every decode step reads.
 
-    The audio encoder is left alone: it runs large matrix products once per chunk, where packing gains ~5 %.
+    The audio encoder and adaptor are left alone: they run large matrix products once per chunk, where
+    packing gains ~5 %.
     """
-    replaced = pack_linears(model.model)
-    if isinstance(model.lm_head, nn.Linear) and can_pack(model.lm_head.weight):
-        model.lm_head = PackedLinear(model.lm_head)
-        replaced += 1
-    return replaced
+    return pack_linears(model, skip=("encoder", "adapter"))
 
 
 def is_packed(model: nn.Module) -> bool:

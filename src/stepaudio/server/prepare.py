@@ -120,10 +120,9 @@ class RequestPreparer:
         max_tokens = request.max_completion_tokens or request.max_tokens
         if max_tokens is not None:
             options["max_tokens"] = min(max_tokens, self.engine.max_model_len - prompt_len)
-        vocab = self.engine.model.config.text.vocab_size
-        # Ids outside the logits can never be sampled; dropping them keeps the stop rule the same and keeps
-        # the sampler from indexing outside the vocabulary (the official client sends 151665 to any model).
-        options["stop_token_ids"] = [t for t in request.stop_token_ids or [] if 0 <= t < vocab]
+        # Ids past the vocabulary pass through (the official client sends 151665 to any model; the sampler
+        # ignores ids it has no logits for). Negative ids can never be sampled either: dropped, not refused.
+        options["stop_token_ids"] = [t for t in request.stop_token_ids or [] if t >= 0]
         try:
             return SamplingParams(
                 n=request.n, min_tokens=request.min_tokens, ignore_eos=request.ignore_eos,
