@@ -163,23 +163,28 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
                        description="Streams the thinking (dimmed) and the answer. Without TEXT or --audio, or "
                                    "with --interactive, it keeps a multi-turn conversation.")
     p.add_argument("text", nargs="?", default="", help="the message (with --audio: the question about it)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--api-base", help="OpenAI API base of a running server, e.g. http://127.0.0.1:9999/v1")
-    where.add_argument("--model", type=Path, help="checkpoint folder: start a private server for this chat")
+    _add_endpoint_options(p, "this chat")
     p.add_argument("--audio", help="audio file sent with the message (cut into 25 s parts)")
     p.add_argument("--interactive", "-i", action="store_true", help="keep chatting after TEXT/--audio")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--api-key")
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (the official examples use 0.7)")
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--max-thinking-tokens", type=int, help="cap the thinking; the model then answers")
     p.add_argument("--no-thinking", action="store_true", help="answer without a <think> block")
+    p.set_defaults(func=_run_chat)
+
+
+def _add_endpoint_options(p: argparse.ArgumentParser, purpose: str) -> None:
+    """--api-base or --model (a private server in this process, with its own loading options)."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--api-base", help="OpenAI API base of a running server, e.g. http://127.0.0.1:9999/v1")
+    where.add_argument("--model", type=Path, help=f"checkpoint folder: start a private server for {purpose}")
+    p.add_argument("--api-key", help="key of the server at --api-base")
     p.add_argument("--dtype", default=None, help="with --model: bfloat16 | float16 | float32")
     p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ...")
     p.add_argument("--kv-cache-memory-gb", type=float, default=1.0, help="with --model: KV cache size")
-    p.set_defaults(func=_run_chat)
 
 
 def _run_chat(args: argparse.Namespace) -> None:
@@ -192,17 +197,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="web demo in the browser (Gradio), against a server or a local checkpoint",
                        description="Chat with audio and text in a browser: live thinking, sliders, Stop. "
                                    "See docs/DEMO.md.")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--api-base", help="OpenAI API base of a running server, e.g. http://127.0.0.1:9999/v1")
-    where.add_argument("--model", type=Path, help="checkpoint folder: start a private server for the demo")
+    _add_endpoint_options(p, "the demo")
     p.add_argument("--host", default="127.0.0.1", help="address the page listens on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--api-key", help="key of the server at --api-base")
     p.add_argument("--audio-budget-seconds", type=float,
                    help="audio one conversation may hold (default: upstream's 10 MB of 16 kHz WAV, about 328 s)")
-    p.add_argument("--dtype", default=None, help="with --model: bfloat16 | float16 | float32")
-    p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ...")
-    p.add_argument("--kv-cache-memory-gb", type=float, default=1.0, help="with --model: KV cache size")
     p.set_defaults(func=_run_demo)
 
 
