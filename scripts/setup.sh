@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install stepaudio into ./.venv. Safe to run again: it only adds what is missing.
 #   bash scripts/setup.sh         runtime (CLI, model core, server, web demo)
-#   bash scripts/setup.sh --dev   plus what the tests need (pytest, transformers as a numerical
-#                                 reference, ffmpeg and espeak-ng to make test audio, Debian's
-#                                 chromium driven by playwright for the web demo's browser tests)
+#   bash scripts/setup.sh --dev   plus what the tests and `stepaudio train` need (pytest, transformers
+#                                 as a numerical reference, ffmpeg, espeak-ng and piper to make audio,
+#                                 Debian's chromium driven by playwright for the web demo's browser tests)
 # torch is pinned to the CPU wheel (torch==2.13.0); GPU users set STEPAUDIO_TORCH, e.g.
 #   STEPAUDIO_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
 set -euo pipefail
@@ -30,7 +30,7 @@ fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 extras="[demo]"
-[ "$dev" = 1 ] && extras="[demo,dev]"
+[ "$dev" = 1 ] && extras="[demo,dev,train]"
 # torch comes first in the same resolve so nothing can pull a CUDA build.
 # shellcheck disable=SC2086
 .venv/bin/pip install --quiet --disable-pip-version-check ${STEPAUDIO_TORCH:-torch==2.13.0} -e ".${extras}"

@@ -1,4 +1,4 @@
-"""`stepaudio` command line: serve, chat, demo, generate, make-tiny (eval, ... arrive with their issues)."""
+"""`stepaudio` command line: serve, chat, demo, generate, make-tiny, train (eval arrives with its issue)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _run_make_tiny(args: argparse.Namespace) -> None:
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="one-shot: answer a question about an audio file")
-    p.add_argument("--model", required=True, type=Path, help="local checkpoint folder")
+    p.add_argument("--model", type=Path, help="local checkpoint folder (default: the built-in default model)")
     p.add_argument("--audio", type=Path, help="wav/flac/ogg/mp3/webm/m4a file (split into 25 s chunks)")
     p.add_argument("--prompt", default="", help="text sent with the audio")
     p.add_argument("--system", default=None, help="optional system prompt")
@@ -51,6 +51,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
+    from .default_model import model_dir_or_default
     from .pipeline import answer_audio_question
     from .text.chat_template import load_chat_template
 
@@ -58,7 +59,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise ValueError("give --audio, --prompt or both")
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be at least 1")
-    result = answer_audio_question(args.model, audio=args.audio, prompt=args.prompt, system=args.system,
+    result = answer_audio_question(model_dir_or_default(args.model), audio=args.audio, prompt=args.prompt, system=args.system,
                                    max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                                    dtype=args.dtype, device=args.device, formula=args.audio_token_formula,
                                    template=load_chat_template(args.chat_template) if args.chat_template else None)
@@ -74,7 +75,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible server (a drop-in for the official vLLM recipe)",
                        description="Serve /v1/chat/completions, /v1/models, /tokenize, /health and /metrics. "
                                    "See docs/SERVER.md.")
-    p.add_argument("model_dir", nargs="?", type=Path, help="local checkpoint folder")
+    p.add_argument("model_dir", nargs="?", type=Path,
+                   help="local checkpoint folder (default: the built-in default model, assembled on first use)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=9999)
     p.add_argument("--served-model-name", nargs="+", help="name(s) clients use as 'model' (default: MODEL_DIR)")
@@ -130,19 +132,20 @@ def _audio_limit(value: str) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> None:
+    from .default_model import DEFAULT_MODEL_NAME, model_dir_or_default
     from .engine.engine import EngineConfig
     from .server.launcher import build_app, load_engine, log_upstream_flags, serve
     from .server.settings import MiB, ServerSettings
     from .text.chat_template import load_chat_template
 
-    if args.model_dir is None:
-        raise ValueError("give a model folder: stepaudio serve MODEL_DIR (make a tiny one with stepaudio make-tiny)")
+    default_name = [DEFAULT_MODEL_NAME] if args.model_dir is None else [str(args.model_dir)]
+    args.model_dir = model_dir_or_default(args.model_dir)
     if not args.model_dir.is_dir():
         raise FileNotFoundError(f"model folder {args.model_dir} does not exist")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     log_upstream_flags(vars(args))
     settings = ServerSettings(
-        served_model_names=args.served_model_name or [str(args.model_dir)], model_root=str(args.model_dir),
+        served_model_names=args.served_model_name or default_name, model_root=str(args.model_dir),
         api_key=args.api_key, reasoning_parser=args.reasoning_parser,
         chat_template=load_chat_template(args.chat_template) if args.chat_template else None,
         max_audio_seconds=args.max_audio_seconds, max_audio_parts=_audio_limit(args.limit_mm_per_prompt),
@@ -180,7 +183,8 @@ def _add_endpoint_options(p: argparse.ArgumentParser, purpose: str) -> None:
     """--api-base or --model (a private server in this process, with its own loading options)."""
     where = p.add_mutually_exclusive_group()
     where.add_argument("--api-base", help="OpenAI API base of a running server, e.g. http://127.0.0.1:9999/v1")
-    where.add_argument("--model", type=Path, help=f"checkpoint folder: start a private server for {purpose}")
+    where.add_argument("--model", type=Path, help=f"checkpoint folder: start a private server for {purpose} "
+                                                  "(default, when neither is given: the built-in default model)")
     p.add_argument("--api-key", help="key of the server at --api-base")
     p.add_argument("--dtype", default=None, help="with --model: bfloat16 | float16 | float32")
     p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ...")
@@ -211,6 +215,57 @@ def _run_demo(args: argparse.Namespace) -> None:
     run_demo(args)
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the default model's audio alignment, and evaluate it",
+                       description="See docs/DEFAULT_MODEL.md for the recipe, its cost and its results.")
+    steps = p.add_subparsers(dest="train_command", required=True)
+    a = steps.add_parser("align", help="train adaptor + decoder LoRA on synthesised think-format examples "
+                                       "(resumes from OUT if it holds a run)")
+    a.add_argument("--out", type=Path, required=True, help="run folder: state, loss log, align_delta.safetensors")
+    a.add_argument("--steps", type=int, default=500)
+    a.add_argument("--batch-size", type=int, default=8)
+    a.add_argument("--lr-adapter", type=float, default=1e-3)
+    a.add_argument("--lr-lora", type=float, default=4e-4)
+    a.add_argument("--lora-rank", type=int, default=8)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--save-every", type=int, default=25, help="steps between resumable checkpoints")
+    a.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    a.set_defaults(func=_run_train_align)
+    e = steps.add_parser("evaluate", help="held-out report: speech vs text accuracy, repeat WER, sound tasks, speed")
+    e.add_argument("--model", type=Path, help="model folder (default: the built-in default model)")
+    e.add_argument("--base-model", type=Path,
+                   help="model for the 'before training' text accuracy (default: the untrained base assembly)")
+    e.add_argument("--json", type=Path, default=Path("default_model_eval.json"), help="per-item results")
+    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--sound-items", type=int, default=20, help="held-out items per sound task")
+    e.set_defaults(func=_run_train_evaluate)
+
+
+def _run_train_align(args: argparse.Namespace) -> None:
+    from .train.align import AlignConfig, train_align
+
+    if args.steps < 1 or args.batch_size < 1:
+        raise ValueError("--steps and --batch-size must be at least 1")
+    cfg = AlignConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr_adapter=args.lr_adapter,
+                      lr_lora=args.lr_lora, lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank,
+                      seed=args.seed, save_every=args.save_every, threads=args.threads)
+    delta = train_align(cfg)
+    print(f"wrote {delta}; install it with: cp {delta} src/stepaudio/default_model/weights/")
+
+
+def _run_train_evaluate(args: argparse.Namespace) -> None:
+    from .default_model.assemble import ensure_default_model
+    from .default_model import model_dir_or_default
+    from .train.evaluate import evaluate, markdown, write_report
+
+    model = model_dir_or_default(args.model)
+    base = args.base_model or ensure_default_model(delta=None)
+    report = evaluate(model, base, seed=args.seed, sound_items=args.sound_items)
+    write_report(report, args.json)
+    print(markdown(report))
+    print(f"per-item results: {args.json}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepaudio", description="Step-Audio-R1 audio reasoning models")
     parser.add_argument("--version", action="version", version=f"stepaudio {__version__}")
@@ -220,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_generate(sub)
     _add_make_tiny(sub)
+    _add_train(sub)
     return parser
 
 

@@ -10,15 +10,16 @@ from contextlib import contextmanager
 @contextmanager
 def model_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, bool | None]]:
     """Yield (OpenAI API base, whether the server sends the thinking apart: True for our private server,
-    None for a remote one, learnt from its stream). Uses args.api_base, or args.model with args.dtype,
-    args.device and args.kv_cache_memory_gb."""
-    if (args.api_base is None) == (args.model is None):
-        raise ValueError("give exactly one of --api-base URL (a running server) and --model DIR (a checkpoint)")
+    None for a remote one, learnt from its stream). Uses args.api_base, or args.model (default: the
+    built-in default model) with args.dtype, args.device and args.kv_cache_memory_gb."""
+    if args.api_base is not None and args.model is not None:
+        raise ValueError("give one of --api-base URL (a running server) and --model DIR (a checkpoint), not both")
     if args.api_base is not None:
         yield args.api_base, None
         return
+    from .default_model import model_dir_or_default
     from .server.launcher import private_server  # torch and the engine only when a model runs here
 
-    with private_server(args.model, dtype=args.dtype, device=args.device,
+    with private_server(model_dir_or_default(args.model), dtype=args.dtype, device=args.device,
                         kv_cache_memory_gb=args.kv_cache_memory_gb) as api_base:
         yield api_base, True

@@ -1,4 +1,5 @@
-"""`stepaudio demo`: find the model (a running server, or a private one for --model), then serve the page."""
+"""`stepaudio demo`: find the model (a running server, or a private one for --model or the default model),
+then serve the page."""
 
 from __future__ import annotations
 
@@ -13,9 +14,6 @@ from ..endpoint import model_endpoint
 
 def run_demo(args: argparse.Namespace) -> None:
     """Serve the demo until Ctrl-C; errors (no model, server unreachable, gradio missing) are one line."""
-    if args.api_base is None and args.model is None:
-        raise ValueError("give --api-base URL (a running server) or --model DIR (a checkpoint to serve here); "
-                         "a default model comes with a later release")
     if args.model is not None and not Path(args.model).is_dir():
         raise FileNotFoundError(f"model folder {args.model} does not exist")
     try:

@@ -1,0 +1,1 @@
+"""Training the default model's audio alignment (`stepaudio train align`): data synthesis, targets, loop."""

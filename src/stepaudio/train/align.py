@@ -1,0 +1,206 @@
+"""`stepaudio train align`: train the adaptor and decoder LoRA on synthesised think-format examples.
+
+The encoder and the decoder weights stay frozen (the decoder in bf16); the adaptor and the LoRA pairs
+train in fp32 under bf16 autocast. Loss is on the target tokens only, and logits are computed only
+there (the 151936-row head is the largest single matrix). State is saved every `save_every` steps and a
+rerun resumes from it with the same data stream (each step's data is seeded by the step number).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from ..default_model.assemble import ADAPTER_HIDDEN, DELTA_FORMAT, Assembly, load_base, write_assembly
+from ..inputs import prepare_chat
+from ..model.lora import attach_lora, lora_tensors
+from ..model.step_audio import StepAudioForCausalLM
+from ..text.tokenizer import StepTokenizer
+from .examples import Example, ExampleSampler, training_questions
+from .targets import load_or_distil
+
+
+@dataclass
+class AlignConfig:
+    out: Path
+    steps: int = 600
+    batch_size: int = 8
+    lr_adapter: float = 1e-3
+    lr_lora: float = 4e-4
+    warmup: int = 30
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    adapter_hidden: int = ADAPTER_HIDDEN
+    seed: int = 0
+    save_every: int = 25
+    threads: int | None = None
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor       # [B, T]
+    labels: torch.Tensor          # [B, T], -100 off target
+    audio_rows: torch.Tensor      # [B, T] bool
+    mels: list[torch.Tensor]      # in row-major order of the audio rows
+    kinds: list[str]
+
+
+def build_batch(tokenizer: StepTokenizer, examples: list[Example], n_mels: int) -> Batch:
+    rows, labels, mels = [], [], []
+    for ex in examples:
+        prompt = prepare_chat(tokenizer, ex.messages, ex.audio, n_mels=n_mels)
+        target = tokenizer.encode(ex.target) + [tokenizer.eot_id]
+        rows.append(prompt.token_ids + target)
+        labels.append([-100] * len(prompt.token_ids) + target)
+        mels += prompt.mels
+    width = max(len(r) for r in rows)
+    pad = tokenizer.eos_token_ids[0]
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    lab = torch.tensor([lb + [-100] * (width - len(lb)) for lb in labels])
+    return Batch(ids, lab, ids == tokenizer.audio_patch_id, mels, [ex.kind for ex in examples])
+
+
+def _adapt(model: StepAudioForCausalLM, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    emb, emb_lens = model.adapter(feats, lengths)
+    return emb[0, : int(emb_lens[0])]
+
+
+class AlignModel:
+    """The model with frozen bf16 decoder, fp32 trainable adaptor and LoRA pairs."""
+
+    def __init__(self, assembly: Assembly, cfg: AlignConfig):
+        model = StepAudioForCausalLM(assembly.config)
+        model.load_state_dict(assembly.state, strict=True)
+        model.requires_grad_(False)
+        model.model.to(torch.bfloat16)
+        model.lm_head.to(torch.bfloat16)
+        model.adapter.requires_grad_(True)
+        self.lora = attach_lora(model, cfg.lora_rank, cfg.lora_alpha)
+        self.model = model
+        self.cfg = cfg
+
+    def parameter_groups(self) -> list[dict]:
+        lora = [p for m in self.lora.values() for p in (m.lora_A, m.lora_B)]
+        return [{"params": list(self.model.adapter.parameters()), "lr": self.cfg.lr_adapter},
+                {"params": lora, "lr": self.cfg.lr_lora}]
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        model = self.model
+        audio = None
+        if batch.mels:
+            with torch.no_grad():
+                feats = [model.encoder(m[None].float(), torch.tensor([m.shape[-1]])) for m in batch.mels]
+            audio = torch.cat([_adapt(model, f, n) for f, n in feats])
+        positions = torch.arange(batch.input_ids.shape[1])[None].expand_as(batch.input_ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = model(batch.input_ids, positions, audio, batch.audio_rows if audio is not None else None)
+        targets = batch.labels[:, 1:]
+        mask = targets != -100
+        logits = model.lm_head(hidden[:, :-1][mask].to(torch.bfloat16)).float()
+        per_token = F.cross_entropy(logits, targets[mask], reduction="none")
+        by_kind: dict[str, list[float]] = {}
+        row_of_token = torch.nonzero(mask)[:, 0]
+        for row, kind in enumerate(batch.kinds):
+            values = per_token[row_of_token == row]
+            by_kind.setdefault(kind, []).append(float(values.detach().mean()))
+        return per_token.mean(), {k: float(np.mean(v)) for k, v in by_kind.items()}
+
+    def delta(self) -> dict[str, torch.Tensor]:
+        """What is committed: the adaptor and the LoRA pairs, in bf16."""
+        tensors = {f"adapter.{k}": v.detach() for k, v in self.model.adapter.state_dict().items()}
+        tensors.update(lora_tensors(self.lora))
+        return {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}
+
+    def delta_metadata(self) -> dict[str, str]:
+        return {"format": DELTA_FORMAT, "lora_rank": str(self.cfg.lora_rank), "lora_alpha": str(self.cfg.lora_alpha),
+                "adapter_hidden": str(self.cfg.adapter_hidden)}
+
+
+def lr_factor(step: int, cfg: AlignConfig) -> float:
+    """Linear warm-up, then cosine decay to 10 %."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save_state(path: Path, step: int, aligner: AlignModel, optimizer: torch.optim.Optimizer) -> None:
+    tmp = path.with_suffix(".tmp")
+    trainable = {k: v for k, v in aligner.model.state_dict().items() if "adapter." in k or ".lora_" in k}
+    torch.save({"step": step, "trainable": trainable, "optimizer": optimizer.state_dict()}, tmp)
+    tmp.replace(path)
+
+
+def write_delta(aligner: AlignModel, path: Path) -> Path:
+    save_file(aligner.delta(), str(path), metadata=aligner.delta_metadata())
+    return path
+
+
+def train_align(cfg: AlignConfig, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the path of the written delta."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "config.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
+                                                     for k, v in asdict(cfg).items()}, indent=2) + "\n")
+    assembly = load_base(progress, adapter_hidden=cfg.adapter_hidden, adapter_seed=cfg.seed)
+    base_dir = cfg.out / "base"
+    if not (base_dir / "config.json").is_file():  # the distillation teacher: the decoder as it ships
+        write_assembly(assembly, base_dir)
+    tokenizer = StepTokenizer.from_dir(base_dir)
+    questions = training_questions(cfg.seed)
+
+    def teacher():
+        from ..engine.llm import LLM
+        return LLM(base_dir)
+
+    targets = load_or_distil(cfg.out / "targets.jsonl", teacher, questions, progress)
+    sampler = ExampleSampler(questions, targets)
+    aligner = AlignModel(assembly, cfg)
+    del assembly
+    optimizer = torch.optim.AdamW(aligner.parameter_groups(), weight_decay=0.0)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    state_path, log_path = cfg.out / "state.pt", cfg.out / "loss.jsonl"
+    start = 0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=True)
+        aligner.model.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        print(f"stepaudio: resuming {cfg.out} at step {start}/{cfg.steps}", file=sys.stderr)
+    n_mels = aligner.model.config.audio.n_mels
+    bar = tqdm(total=cfg.steps, initial=start, desc="train align", disable=not progress, file=sys.stderr)
+    for step in range(start, cfg.steps):
+        t0 = time.time()
+        rng = np.random.default_rng([cfg.seed, step])
+        batch = build_batch(tokenizer, [sampler.sample(rng) for _ in range(cfg.batch_size)], n_mels)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * lr_factor(step, cfg)
+        loss, by_kind = aligner.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+        optimizer.step()
+        record = {"step": step + 1, "loss": round(float(loss), 4),
+                  **{f"loss_{k}": round(v, 4) for k, v in by_kind.items()},
+                  "grad_norm": round(float(grad_norm), 3), "lr_factor": round(lr_factor(step, cfg), 4),
+                  "tokens": int(batch.input_ids.numel()), "seconds": round(time.time() - t0, 2)}
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        bar.update()
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            _save_state(state_path, step + 1, aligner, optimizer)
+            write_delta(aligner, cfg.out / "align_delta.safetensors")
+    bar.close()
+    return write_delta(aligner, cfg.out / "align_delta.safetensors")

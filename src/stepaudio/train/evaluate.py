@@ -1,0 +1,168 @@
+"""The default model's report: held-out listening accuracy vs text, repeat WER, sound tasks, speed.
+
+Everything here is generated with voices, phrasings, entities and tone parameters that training never
+used (see `questions`, `speech` and `sounds`). Scoring reads only the answer after `</think>`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..engine.llm import LLM
+from ..engine.sampling import SamplingParams
+from .questions import HELDOUT_REPEAT_SENTENCES, Question, answer_is_correct, arithmetic_question, question_pool
+from .sounds import CHANCE, TASKS, random_sound_item
+from .speech import random_voice, speak
+
+# Held-out instruction for "repeat what was said" (training used other phrasings).
+REPEAT_PROMPT = "Say back exactly the words you heard."
+GREEDY = SamplingParams(temperature=0.0, max_tokens=160)
+
+
+def heldout_questions(seed: int = 1, n_arithmetic: int = 16) -> list[Question]:
+    rng = np.random.default_rng(seed)
+    pool = [q for q in question_pool(heldout=True) if q.kind != "repeat"]
+    return pool + [arithmetic_question(rng, heldout=True) for _ in range(n_arithmetic)]
+
+
+def word_errors(hypothesis: str, reference: str) -> tuple[int, int]:
+    """(edit distance in words, reference length) after lower-casing and dropping punctuation."""
+    def words(s: str) -> list[str]:
+        return re.sub(r"[^a-z0-9' ]+", " ", s.lower()).split()
+
+    hyp, ref = words(hypothesis), words(reference)
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1], len(ref)
+
+
+def audioeval_clips() -> list[tuple[Path, str]]:
+    """pytest-audioeval's English clips and their reference transcripts."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytest_audioeval")
+    if spec is None or not spec.submodule_search_locations:
+        raise EnvironmentError("the WER check needs pytest-audioeval (bash scripts/setup.sh --dev installs it)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "samples" / "audio" / "en"
+    return [(wav, wav.with_suffix(".txt").read_text().strip()) for wav in sorted(folder.glob("*.wav"))]
+
+
+@dataclass
+class Report:
+    items: dict[str, list[dict]] = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def _audio_part(wav: np.ndarray) -> dict:
+    return {"type": "audio", "audio": wav}
+
+
+def _answers(llm: LLM, conversations: list[list[dict]], desc: str, batch: int = 16) -> list[tuple[str, str]]:
+    out = []
+    for start in tqdm(range(0, len(conversations), batch), desc=desc, file=sys.stderr):
+        for r in llm.chat(conversations[start:start + batch], GREEDY):
+            out.append((r.completions[0].reasoning, r.completions[0].content))
+    return out
+
+
+def _score_questions(llm: LLM, questions: list[Question], audio: list[np.ndarray] | None, desc: str) -> list[dict]:
+    if audio is None:
+        conversations = [[{"role": "user", "content": q.text}] for q in questions]
+    else:
+        conversations = [[{"role": "user", "content": [_audio_part(w)]}] for w in audio]
+    return [{"question": q.text, "kind": q.kind, "reasoning": r, "answer": a, "correct": answer_is_correct(a, q)}
+            for q, (r, a) in zip(questions, _answers(llm, conversations, desc))]
+
+
+def _accuracy(rows: list[dict]) -> float:
+    return float(np.mean([r["correct"] for r in rows])) if rows else float("nan")
+
+
+def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items: int = 20) -> Report:
+    rng = np.random.default_rng(seed)
+    report = Report()
+    questions = heldout_questions(seed)
+    spoken = [speak(q.text, random_voice(rng, heldout=True)) for q in questions]
+    if base_dir is not None:
+        base = LLM(base_dir)
+        report.items["text_before"] = _score_questions(base, questions, None, "base model, text")
+        del base
+    llm = LLM(model_dir)
+    report.items["text_after"] = _score_questions(llm, questions, None, "trained, text")
+    report.items["speech"] = _score_questions(llm, questions, spoken, "trained, speech")
+    repeats = [(text, speak(text, random_voice(rng, heldout=True))) for text in HELDOUT_REPEAT_SENTENCES]
+    from ..audio.io import load_audio
+    repeats += [(ref, load_audio(path)) for path, ref in audioeval_clips()]
+    answers = _answers(llm, [[{"role": "user", "content": [_audio_part(w), {"type": "text", "text": REPEAT_PROMPT}]}]
+                             for _, w in repeats], "repeat")
+    report.items["repeat"] = [{"reference": ref, "answer": a, "errors": word_errors(a, ref)[0],
+                               "words": word_errors(a, ref)[1], "source": "audioeval" if i >= len(
+                                   HELDOUT_REPEAT_SENTENCES) else "espeak-heldout"}
+                              for i, ((ref, _), (_, a)) in enumerate(zip(repeats, answers))]
+    sounds = [random_sound_item(rng, heldout=True, task=t) for t in TASKS for _ in range(sound_items)]
+    answers = _answers(llm, [[{"role": "user", "content": [_audio_part(s.wav), {"type": "text", "text": s.question}]}]
+                             for s in sounds], "sound tasks")
+    report.items["sound"] = [{"task": s.task, "question": s.question, "expected": s.answer, "answer": a,
+                              "correct": any(re.search(rf"\b{re.escape(x)}\b", a.lower()) for x in s.accept)}
+                             for s, (_, a) in zip(sounds, answers)]
+    report.summary = summarise(report)
+    report.summary["decode_tok_s"] = decode_speed(llm)
+    return report
+
+
+def summarise(report: Report) -> dict[str, float]:
+    s: dict[str, float] = {}
+    for key in ("text_before", "text_after", "speech"):
+        if key in report.items:
+            s[f"{key}_accuracy"] = _accuracy(report.items[key])
+    if "speech" in report.items and s.get("text_after_accuracy"):
+        s["speech_over_text"] = s["speech_accuracy"] / s["text_after_accuracy"]
+    for source in ("espeak-heldout", "audioeval"):
+        rows = [r for r in report.items.get("repeat", []) if r["source"] == source]
+        if rows:
+            s[f"wer_{source}"] = sum(r["errors"] for r in rows) / sum(r["words"] for r in rows)
+    for task in TASKS:
+        rows = [r for r in report.items.get("sound", []) if r["task"] == task]
+        if rows:
+            s[f"sound_{task}_accuracy"] = _accuracy(rows)
+    return s
+
+
+def decode_speed(llm: LLM, tokens: int = 128) -> float:
+    """Single-stream decode tokens per second (greedy, end of sequence ignored)."""
+    params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
+    prompt = [[{"role": "user", "content": "Tell me a long story about a lighthouse."}]]
+    llm.chat(prompt, SamplingParams(max_tokens=4))  # warm-up
+    start = time.perf_counter()
+    result = llm.chat(prompt, params)[0]
+    return result.completions[0].completion_tokens / (time.perf_counter() - start)
+
+
+def markdown(report: Report) -> str:
+    s = report.summary
+    lines = ["| measure | value |", "|---|---:|"]
+    for key, value in s.items():
+        lines.append(f"| {key} | {value:.3f} |")
+    lines.append("")
+    lines.append("| sound task | accuracy | chance |")
+    lines.append("|---|---:|---:|")
+    for task in TASKS:
+        if f"sound_{task}_accuracy" in s:
+            lines.append(f"| {task} | {s[f'sound_{task}_accuracy']:.2f} | {CHANCE[task]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Report, json_path: Path) -> None:
+    json_path.write_text(json.dumps(asdict(report), indent=1) + "\n")

@@ -1,0 +1,78 @@
+"""Training examples: chat messages (spoken, typed or sound questions) paired with think-format targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .questions import Question, arithmetic_question, question_pool
+from .sounds import SoundItem, random_sound_item
+from .speech import augment, random_voice, speak
+from .targets import THINK_CLOSE, Target, repeat_target, transcribe_target
+
+# Share of each kind in a training batch.
+MIX = {"speech": 0.4, "text": 0.15, "sound": 0.3, "transcribe": 0.15}
+# Text instructions that ask for the words of the clip (the held-out WER uses a phrasing not listed here).
+TRANSCRIBE_PROMPTS = ("Repeat what was said.", "Write down exactly what you hear.", "What did the speaker say?")
+_LISTEN_PROMPTS = ("Listen and answer.", "Answer the question in the audio.", "Please respond to the recording.")
+_SOUND_REPLIES = {"count": "There {verb} {a} beep{s}.", "higher": "{A} tone is higher.",
+                  "louder": "{A} tone is louder.", "longer": "{A} tone is longer.", "direction": "The pitch is {a}."}
+
+
+@dataclass
+class Example:
+    kind: str                  # "speech", "text", "sound" or "transcribe"
+    messages: list[dict]       # OpenAI-shaped; audio parts are {"type": "audio"} placeholders
+    audio: list[np.ndarray]    # one 16 kHz waveform per audio part
+    target: str                # text after the generation prompt's "<think>\n"
+
+
+def training_questions(seed: int = 0, n_arithmetic: int = 60) -> list[Question]:
+    """The fixed training question set: the training pool plus seeded arithmetic."""
+    rng = np.random.default_rng(seed)
+    return question_pool() + [arithmetic_question(rng) for _ in range(n_arithmetic)]
+
+
+def sound_reply(item: SoundItem) -> str:
+    a = item.answer
+    return _SOUND_REPLIES[item.task].format(a=a, A=a.capitalize(), verb="is" if a == "1" else "are",
+                                            s="" if a == "1" else "s")
+
+
+def sound_example(item: SoundItem) -> Example:
+    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": item.question}]}]
+    return Example("sound", messages, [item.wav], f"{item.reasoning}{THINK_CLOSE}{sound_reply(item)}")
+
+
+def speech_messages(rng: np.random.Generator) -> list[dict]:
+    content: list[dict] = [{"type": "audio"}]
+    if rng.random() < 0.25:
+        content.append({"type": "text", "text": str(rng.choice(_LISTEN_PROMPTS))})
+    return [{"role": "user", "content": content}]
+
+
+class ExampleSampler:
+    """Draws examples from the question set (with distilled targets), voices and sound tasks."""
+
+    def __init__(self, questions: list[Question], targets: dict[str, Target]):
+        self.items = [(q, targets[q.text] if q.kind != "repeat" else repeat_target(q))
+                      for q in questions if q.kind == "repeat" or q.text in targets]
+        if not self.items:
+            raise ValueError("no question has a target; distillation kept nothing")
+
+    def sample(self, rng: np.random.Generator) -> Example:
+        kind = str(rng.choice(list(MIX), p=list(MIX.values())))
+        if kind == "sound":
+            return sound_example(random_sound_item(rng))
+        question, target = self.items[int(rng.integers(len(self.items)))]
+        if kind == "transcribe":
+            words = question.reference or question.text
+            wav = augment(speak(words, random_voice(rng)), rng)
+            messages = [{"role": "user", "content": [{"type": "audio"},
+                                                     {"type": "text", "text": str(rng.choice(TRANSCRIBE_PROMPTS))}]}]
+            return Example("transcribe", messages, [wav], transcribe_target(words).text())
+        if kind == "text":
+            return Example("text", [{"role": "user", "content": question.text}], [], target.text())
+        wav = augment(speak(question.text, random_voice(rng)), rng)
+        return Example("speech", speech_messages(rng), [wav], target.text())

@@ -1,0 +1,144 @@
+"""Spoken questions and instructions with known answers, split into training and held-out pools.
+
+The held-out pool uses phrasings training never uses, and its factual items include entities that
+training never hears, so evaluation measures listening rather than memorised clips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# (country, capital); the last quarter is held out.
+CAPITALS = (
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),
+    ("Russia", "Moscow"), ("China", "Beijing"), ("Egypt", "Cairo"), ("England", "London"), ("Greece", "Athens"),
+    ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"), ("Poland", "Warsaw"), ("Thailand", "Bangkok"), ("South Korea", "Seoul"),
+    ("Kenya", "Nairobi"), ("Argentina", "Buenos Aires"), ("Cuba", "Havana"), ("Peru", "Lima"),
+    ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Hungary", "Budapest"), ("Belgium", "Brussels"),
+    ("Netherlands", "Amsterdam"), ("Mexico", "Mexico City"), ("Turkey", "Ankara"), ("India", "New Delhi"),
+    ("Canada", "Ottawa"), ("Australia", "Canberra"),
+)
+# (question, accepted answers); the last quarter is held out.
+FACTS = (
+    ("How many legs does a spider have?", ("8", "eight")),
+    ("How many days are there in a week?", ("7", "seven")),
+    ("What color is the sky on a clear day?", ("blue",)),
+    ("What is the opposite of hot?", ("cold",)),
+    ("What do bees make?", ("honey",)),
+    ("What is the largest planet in our solar system?", ("jupiter",)),
+    ("What is frozen water called?", ("ice",)),
+    ("How many hours are in a day?", ("24", "twenty-four", "twenty four")),
+    ("What color are ripe bananas?", ("yellow",)),
+    ("Which animal is known as the king of the jungle?", ("lion",)),
+    ("How many months are in a year?", ("12", "twelve")),
+    ("What is the opposite of up?", ("down",)),
+    ("What gas do people need to breathe?", ("oxygen",)),
+    ("What is the color of grass?", ("green",)),
+    ("How many wheels does a bicycle have?", ("2", "two")),
+    ("Which planet do we live on?", ("earth",)),
+    ("What animal says moo?", ("cow",)),
+    ("How many sides does a triangle have?", ("3", "three")),
+    ("What is the opposite of day?", ("night",)),
+    ("What color is snow?", ("white",)),
+    ("How many minutes are in an hour?", ("60", "sixty")),
+    ("What is the first letter of the alphabet?", ("a",)),
+    ("Which season comes after winter?", ("spring",)),
+    ("What do cows drink?", ("water",)),
+    ("How many legs does a dog have?", ("4", "four")),
+    ("What is the opposite of big?", ("small", "little")),
+    ("What color is a ripe tomato?", ("red",)),
+    ("How many sides does a square have?", ("4", "four")),
+    ("Which star gives us daylight?", ("sun",)),
+    ("What is the opposite of wet?", ("dry",)),
+    ("Which animal barks?", ("dog",)),
+    ("What do you call a baby cat?", ("kitten",)),
+)
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
+# Sentences to repeat back; pytest-audioeval's English clips are the held-out repeat set.
+REPEAT_SENTENCES = (
+    "The cat is sleeping on the warm chair.", "Please close the window before you leave.",
+    "I would like a cup of tea with milk.", "The train to the city leaves at nine.",
+    "My brother plays the guitar every evening.", "It is raining again this afternoon.",
+    "We are going to the park on Sunday.", "She bought three apples and a loaf of bread.",
+    "Turn left at the next corner.", "The meeting starts in ten minutes.",
+    "Can you help me carry these boxes?", "The children are singing in the garden.",
+    "He forgot his keys at the office.", "Dinner will be ready at seven.",
+    "The little dog ran across the road.", "Our flight was delayed by two hours.",
+    "Water the plants before the weekend.", "This book is about the history of music.",
+    "The shop on the corner sells fresh fish.", "I left my umbrella on the bus.",
+    "The sun rises in the east.", "They painted the kitchen bright yellow.",
+    "Send me the report by Friday.", "The river is very cold in spring.",
+)
+HELDOUT_REPEAT_SENTENCES = (
+    "The old man walked slowly to the market.", "Please bring two chairs into the hall.",
+    "The coffee in this cafe is excellent.", "My sister lives near the sea.",
+    "We watched a film about penguins last night.", "The bus stop is next to the bakery.",
+)
+
+_TRAIN_CAPITAL = ("What is the capital of {x}?", "Which city is the capital of {x}?")
+_HELDOUT_CAPITAL = ("Tell me the capital city of {x}.", "Can you name the capital of {x}?")
+_TRAIN_SUM = ("What is {a} plus {b}?", "What do you get when you add {a} and {b}?")
+_HELDOUT_SUM = ("If I add {a} to {b}, what is the total?",)
+_TRAIN_DIFF = ("What is {a} minus {b}?",)
+_HELDOUT_DIFF = ("Take {b} away from {a}. What is left?",)
+_TRAIN_REPEAT = ("Repeat after me: {s}", "Please say this back to me: {s}")
+_HELDOUT_REPEAT = ("Say exactly what I say: {s}",)
+_FACT_PREFIX_HELDOUT = ("Quick question. ", "I have a question. ")
+
+
+@dataclass(frozen=True)
+class Question:
+    kind: str                  # "capital", "fact", "arithmetic", "repeat"
+    text: str                  # what is spoken (or typed, for text items)
+    accept: tuple[str, ...]    # any of these in the answer counts as correct (lower-cased match)
+    reference: str = ""        # for "repeat": the sentence to say back
+
+
+def _split(items: tuple, heldout: bool) -> tuple:
+    cut = len(items) * 3 // 4
+    return items[cut:] if heldout else items[:cut]
+
+
+def question_pool(heldout: bool = False) -> list[Question]:
+    """Every factual and repeat question of one pool (arithmetic is drawn by `random_question`)."""
+    capital_forms = _HELDOUT_CAPITAL if heldout else _TRAIN_CAPITAL
+    pool = [Question("capital", form.format(x=country), (capital.lower(),))
+            for country, capital in _split(CAPITALS, heldout) for form in capital_forms]
+    prefixes = _FACT_PREFIX_HELDOUT if heldout else ("",)
+    pool += [Question("fact", prefix + q, accept) for q, accept in _split(FACTS, heldout) for prefix in prefixes]
+    sentences = HELDOUT_REPEAT_SENTENCES if heldout else REPEAT_SENTENCES
+    forms = _HELDOUT_REPEAT if heldout else _TRAIN_REPEAT
+    pool += [Question("repeat", form.format(s=s), (), reference=s) for s in sentences for form in forms]
+    return pool
+
+
+def arithmetic_question(rng: np.random.Generator, heldout: bool = False) -> Question:
+    a, b = int(rng.integers(2, 21)), int(rng.integers(1, 11))
+    if rng.random() < 0.5:
+        form = str(rng.choice(_HELDOUT_SUM if heldout else _TRAIN_SUM))
+        total = a + b
+    else:
+        a, b = max(a, b), min(a, b)
+        form = str(rng.choice(_HELDOUT_DIFF if heldout else _TRAIN_DIFF))
+        total = a - b
+    words = (str(total),) + ((NUMBER_WORDS[total],) if total < len(NUMBER_WORDS) else ())
+    return Question("arithmetic", form.format(a=a, b=b), words)
+
+
+def random_question(rng: np.random.Generator, heldout: bool = False, arithmetic_share: float = 0.2) -> Question:
+    if rng.random() < arithmetic_share:
+        return arithmetic_question(rng, heldout)
+    pool = question_pool(heldout)
+    return pool[int(rng.integers(len(pool)))]
+
+
+def answer_is_correct(answer: str, question: Question) -> bool:
+    """Whole-word, case-insensitive match of any accepted answer in the reply."""
+    import re
+
+    text = " " + re.sub(r"[^a-z0-9 ]+", " ", answer.lower()) + " "
+    return any(f" {a} " in text for a in question.accept)
