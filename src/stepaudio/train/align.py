@@ -146,10 +146,8 @@ def write_delta(aligner: AlignModel, path: Path) -> Path:
     return path
 
 
-def train_align(cfg: AlignConfig, progress: bool = True) -> Path:
-    """Run (or resume) training; returns the path of the written delta."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+def prepare_run(cfg: AlignConfig, progress: bool = True) -> tuple[Assembly, StepTokenizer, ExampleSampler]:
+    """The base model, its tokenizer and the example sampler (distilling targets on the first run)."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "config.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
                                                      for k, v in asdict(cfg).items()}, indent=2) + "\n")
@@ -157,7 +155,6 @@ def train_align(cfg: AlignConfig, progress: bool = True) -> Path:
     base_dir = cfg.out / "base"
     if not (base_dir / "config.json").is_file():  # the distillation teacher: the decoder as it ships
         write_assembly(assembly, base_dir)
-    tokenizer = StepTokenizer.from_dir(base_dir)
     questions = training_questions(cfg.seed)
 
     def teacher():
@@ -165,9 +162,16 @@ def train_align(cfg: AlignConfig, progress: bool = True) -> Path:
         return LLM(base_dir)
 
     targets = load_or_distil(cfg.out / "targets.jsonl", teacher, questions, progress)
-    sampler = ExampleSampler(questions, targets)
+    return assembly, StepTokenizer.from_dir(base_dir), ExampleSampler(questions, targets)
+
+
+def run_steps(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, sampler, progress: bool = True) -> Path:
+    """Train (or resume) up to `cfg.steps`; `sampler.sample(rng)` gives one Example. Returns the delta path."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
     aligner = AlignModel(assembly, cfg)
-    del assembly
     optimizer = torch.optim.AdamW(aligner.parameter_groups(), weight_decay=0.0)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     state_path, log_path = cfg.out / "state.pt", cfg.out / "loss.jsonl"
@@ -191,16 +195,22 @@ def train_align(cfg: AlignConfig, progress: bool = True) -> Path:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
         optimizer.step()
-        record = {"step": step + 1, "loss": round(float(loss), 4),
+        record = {"step": step + 1, "loss": round(float(loss.detach()), 4),
                   **{f"loss_{k}": round(v, 4) for k, v in by_kind.items()},
                   "grad_norm": round(float(grad_norm), 3), "lr_factor": round(lr_factor(step, cfg), 4),
                   "tokens": int(batch.input_ids.numel()), "seconds": round(time.time() - t0, 2)}
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         bar.update()
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             _save_state(state_path, step + 1, aligner, optimizer)
             write_delta(aligner, cfg.out / "align_delta.safetensors")
     bar.close()
     return write_delta(aligner, cfg.out / "align_delta.safetensors")
+
+
+def train_align(cfg: AlignConfig, progress: bool = True) -> Path:
+    """`stepaudio train align`: prepare the run, then train or resume it."""
+    assembly, tokenizer, sampler = prepare_run(cfg, progress)
+    return run_steps(cfg, assembly, tokenizer, sampler, progress)

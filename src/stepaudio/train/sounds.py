@@ -51,7 +51,8 @@ def _silence(seconds: float) -> np.ndarray:
 
 
 def _with_noise(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return (wav + rng.standard_normal(len(wav)).astype(np.float32) * 10 ** (rng.uniform(-60, -35) / 20)).astype(
+    """A faint noise floor (-60 to -45 dB), always well below the quietest tone (-26 dB)."""
+    return (wav + rng.standard_normal(len(wav)).astype(np.float32) * 10 ** (rng.uniform(-60, -45) / 20)).astype(
         np.float32)
 
 
@@ -107,9 +108,8 @@ def higher_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
 def louder_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
     (lo, hi), wave = _params(rng, heldout)
     freq = float(rng.uniform(lo, hi))
-    l1 = float(rng.uniform(-24, -3))
-    l2 = l1 + float(rng.choice([-1, 1]) * rng.uniform(8, 18))
-    l2 = min(l2, -1.0)
+    l1 = float(rng.uniform(-20, -3))
+    l2 = min(max(l1 + float(rng.choice([-1, 1]) * rng.uniform(8, 18)), -26.0), -1.0)
     answer, accept = _ordinal_answer(l1 > l2)
     question = str(rng.choice(["Which sound is louder, the first or the second?",
                                "Is the first or the second tone louder?"] if not heldout else

@@ -1,0 +1,85 @@
+"""The align training loop on a tiny model: it learns, it resumes exactly, and its delta assembles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from stepaudio.default_model.assemble import DELTA_FORMAT, Assembly, apply_delta, read_delta
+from stepaudio.model.tiny import random_state_dict, tiny_config
+from stepaudio.text.tiny_tokenizer import build_tiny_tokenizer
+from stepaudio.text.tokenizer import StepTokenizer
+from stepaudio.train.align import AlignConfig, run_steps
+from stepaudio.train.examples import Example, sound_example
+from stepaudio.train.sounds import count_item
+
+
+class FixedSampler:
+    """Always the same two examples (one typed, one with audio), so the loss can only fall by learning them."""
+
+    def __init__(self):
+        self.examples = [Example("text", [{"role": "user", "content": "What is two plus two?"}], [],
+                                 "The user asks about two plus two.\n</think>\n\nFour."),
+                         sound_example(count_item(np.random.default_rng(0), n=3))]
+
+    def sample(self, rng: np.random.Generator) -> Example:
+        return self.examples[int(rng.integers(2))]
+
+
+def _assembly() -> Assembly:
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_config(-(-tokenizer.get_vocab_size(with_added_tokens=True) // 64) * 64, n_mels=80)
+    state = random_state_dict(config, seed=0)
+    # The random head (std 0.02) after the final RMSNorm cannot move any logit by more than ~1, so no
+    # training could lower the loss much; a larger head gives the LoRA something to learn.
+    state["lm_head.weight"] *= 10
+    return Assembly(config, state, tokenizer)
+
+
+def _config(out: Path, steps: int, **kw) -> AlignConfig:
+    assembly = _assembly()
+    return AlignConfig(out=out, steps=steps, batch_size=2, warmup=1, lora_rank=2, lora_alpha=4.0,
+                       adapter_hidden=assembly.config.audio.adapter_hidden, save_every=2, **kw)
+
+
+def _run(cfg: AlignConfig) -> Path:
+    assembly = _assembly()
+    return run_steps(cfg, assembly, StepTokenizer(assembly.tokenizer), FixedSampler(), progress=False)
+
+
+def test_loss_falls_and_the_log_records_every_step(tmp_path):
+    _run(_config(tmp_path, steps=24, lr_adapter=3e-2, lr_lora=3e-2))
+    log = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 25))
+    first, last = np.mean([r["loss"] for r in log[:3]]), np.mean([r["loss"] for r in log[-3:]])
+    assert last < first - 1.0, (first, last)  # without learning it stays near ln(vocab)
+    assert {"loss_text", "loss_sound"} <= set().union(*log)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = _run(_config(tmp_path / "a", steps=4))
+    _run(_config(tmp_path / "b", steps=2))
+    resumed = _run(_config(tmp_path / "b", steps=4))
+    with safe_open(str(straight), "pt") as a, safe_open(str(resumed), "pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        for key in a.keys():
+            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
+    assert len((tmp_path / "b" / "loss.jsonl").read_text().splitlines()) == 4
+
+
+def test_delta_holds_the_adaptor_and_lora_and_assembles(tmp_path):
+    delta = _run(_config(tmp_path, steps=2))
+    tensors, metadata = read_delta(delta)
+    assert metadata["format"] == DELTA_FORMAT and metadata["lora_rank"] == "2"
+    assert any(k.startswith("adapter.") for k in tensors)
+    assert sum(k.endswith(".lora_A") for k in tensors) == 7 * 2
+    assembly = _assembly()
+    before = {k: v.clone() for k, v in assembly.state.items()}
+    apply_delta(assembly, tensors, metadata)
+    assert torch.equal(assembly.state["adapter.linear1.weight"], tensors["adapter.linear1.weight"].float())
+    changed = [k for k in before if not torch.equal(before[k], assembly.state[k])]
+    assert any(k.endswith("q_proj.weight") for k in changed) and not any(k.startswith("encoder.") for k in changed)

