@@ -65,7 +65,6 @@ def test_serve_with_the_official_flags(tiny_dir, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["serve"], "give a model folder"),
     (["serve", "/nonexistent/model"], "does not exist"),
     (["serve", "{tiny}", "--limit-mm-per-prompt", '{"image": 2}'], "--limit-mm-per-prompt"),
     (["serve", "{tiny}", "--max-model-len", "4096", "--kv-cache-memory-gb", "0.0001"], "more than the KV cache"),

@@ -26,7 +26,7 @@ class FixedSampler:
                                  "The user asks about two plus two.\n</think>\n\nFour."),
                          sound_example(count_item(np.random.default_rng(0), n=3))]
 
-    def sample(self, rng: np.random.Generator) -> Example:
+    def sample(self, rng: np.random.Generator, listening_drill: bool = False) -> Example:
         return self.examples[int(rng.integers(2))]
 
 

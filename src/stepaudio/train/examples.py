@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .questions import Question, arithmetic_question, question_pool
+from .questions import Question, arithmetic_question, question_pool, word_drill
 from .sounds import SoundItem, random_sound_item
 from .speech import augment, random_voice, speak
 from .targets import THINK_CLOSE, Target, repeat_target, transcribe_target
@@ -61,13 +61,15 @@ class ExampleSampler:
         if not self.items:
             raise ValueError("no question has a target; distillation kept nothing")
 
-    def sample(self, rng: np.random.Generator) -> Example:
-        kind = str(rng.choice(list(MIX), p=list(MIX.values())))
+    def sample(self, rng: np.random.Generator, listening_drill: bool = False) -> Example:
+        """One example from `MIX`; during the listening drill, transcription only, mostly random word lists."""
+        kind = "transcribe" if listening_drill else str(rng.choice(list(MIX), p=list(MIX.values())))
         if kind == "sound":
             return sound_example(random_sound_item(rng))
         question, target = self.items[int(rng.integers(len(self.items)))]
         if kind == "transcribe":
-            words = question.reference or question.text
+            drill_share = 0.8 if listening_drill else 0.5
+            words = word_drill(rng) if rng.random() < drill_share else (question.reference or question.text)
             wav = augment(speak(words, random_voice(rng)), rng)
             messages = [{"role": "user", "content": [{"type": "audio"},
                                                      {"type": "text", "text": str(rng.choice(TRANSCRIBE_PROMPTS))}]}]

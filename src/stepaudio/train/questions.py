@@ -142,3 +142,20 @@ def answer_is_correct(answer: str, question: Question) -> bool:
 
     text = " " + re.sub(r"[^a-z0-9 ]+", " ", answer.lower()) + " "
     return any(f" {a} " in text for a in question.accept)
+
+
+# Words for random transcription drills: no sentence can be guessed, so only listening lowers the loss.
+DRILL_WORDS = (
+    "apple river seven green house table window yellow garden music orange winter doctor pencil mountain "
+    "bottle summer purple camera rabbit kitchen silver engine forest candle basket ocean tiger butter violin "
+    "market pocket ladder island rocket blanket dinner spider lemon castle button carpet jacket planet "
+    "marble pillow bridge tomato honey dragon wallet hammer desert feather guitar helmet jungle kettle "
+    "lizard mirror needle parrot puzzle ribbon saddle tunnel walnut zebra anchor bucket cherry falcon "
+    "goblet harbor igloo jigsaw lantern meadow napkin oyster pepper quilt shovel turnip velvet whistle"
+).split() + list(NUMBER_WORDS[1:13])
+
+
+def word_drill(rng: np.random.Generator, n_min: int = 3, n_max: int = 8) -> str:
+    """A random word list such as "Lemon, seven, castle, ribbon." (first letter capitalised)."""
+    words = [str(w) for w in rng.choice(DRILL_WORDS, size=int(rng.integers(n_min, n_max + 1)))]
+    return ", ".join(words).capitalize() + "."
