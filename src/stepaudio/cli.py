@@ -223,10 +223,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                        "(resumes from OUT if it holds a run)")
     a.add_argument("--out", type=Path, required=True, help="run folder: state, loss log, align_delta.safetensors")
     a.add_argument("--steps", type=int, default=600)
-    a.add_argument("--listening-drill-steps", type=int, default=150,
+    a.add_argument("--ctc-clips", type=int, default=3000,
+                   help="spoken clips for the adaptor's CTC warm-up before the decoder trains (0: skip it)")
+    a.add_argument("--ctc-epochs", type=int, default=8)
+    a.add_argument("--listening-drill-steps", type=int, default=50,
                    help="first steps on transcription of random word lists only (teaches the adaptor to listen)")
     a.add_argument("--batch-size", type=int, default=8)
-    a.add_argument("--lr-adapter", type=float, default=2e-3)
+    a.add_argument("--lr-adapter", type=float, default=1e-3)
     a.add_argument("--lr-lora", type=float, default=4e-4)
     a.add_argument("--lora-rank", type=int, default=8)
     a.add_argument("--seed", type=int, default=0)
@@ -249,6 +252,7 @@ def _run_train_align(args: argparse.Namespace) -> None:
     if args.steps < 1 or args.batch_size < 1:
         raise ValueError("--steps and --batch-size must be at least 1")
     cfg = AlignConfig(out=args.out, steps=args.steps, listening_drill_steps=args.listening_drill_steps,
+                      ctc_clips=args.ctc_clips, ctc_epochs=args.ctc_epochs,
                       batch_size=args.batch_size, lr_adapter=args.lr_adapter,
                       lr_lora=args.lr_lora, lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank,
                       seed=args.seed, save_every=args.save_every, threads=args.threads)

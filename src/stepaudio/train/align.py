@@ -26,6 +26,7 @@ from ..inputs import prepare_chat
 from ..model.lora import attach_lora, lora_tensors
 from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
+from .ctc_warmup import ctc_warmup, make_clips
 from .examples import Example, ExampleSampler, training_questions
 from .targets import load_or_distil
 
@@ -35,11 +36,14 @@ class AlignConfig:
     out: Path
     steps: int = 600
     # First steps: transcription of mostly random word lists only. A small fixed question set lets the
-    # LoRA learn to guess a likely training question instead of listening; word lists cannot be guessed,
-    # so the adaptor has to carry the words first (measured: without this, step 100 still ignored the audio).
-    listening_drill_steps: int = 150
+    # LoRA learn to guess a likely training question instead of listening; word lists cannot be guessed.
+    listening_drill_steps: int = 50
+    # Before all that, the adaptor alone learns to point its rows at the spoken tokens' embeddings (CTC on
+    # cached encoder features; see ctc_warmup.py). 0 clips skips it.
+    ctc_clips: int = 3000
+    ctc_epochs: int = 8
     batch_size: int = 8
-    lr_adapter: float = 2e-3
+    lr_adapter: float = 1e-3
     lr_lora: float = 4e-4
     warmup: int = 30
     lora_rank: int = 8
@@ -166,7 +170,30 @@ def prepare_run(cfg: AlignConfig, progress: bool = True) -> tuple[Assembly, Step
         return LLM(base_dir)
 
     targets = load_or_distil(cfg.out / "targets.jsonl", teacher, questions, progress)
-    return assembly, StepTokenizer.from_dir(base_dir), ExampleSampler(questions, targets)
+    tokenizer = StepTokenizer.from_dir(base_dir)
+    if cfg.ctc_clips > 0:
+        assembly.state.update(warm_adaptor(cfg, assembly, tokenizer, questions, progress))
+    return assembly, tokenizer, ExampleSampler(questions, targets)
+
+
+def warm_adaptor(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, questions: list,
+                 progress: bool = True) -> dict[str, torch.Tensor]:
+    """The CTC-warmed adaptor (`adapter.*` tensors), computed once per run folder and cached there."""
+    path = cfg.out / "ctc_adaptor.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = StepAudioForCausalLM(assembly.config)
+    model.load_state_dict(assembly.state, strict=True)
+    model.requires_grad_(False)
+    model.adapter.requires_grad_(True)
+    clips = make_clips(model, tokenizer, questions, cfg.ctc_clips, cfg.seed, progress)
+    history = ctc_warmup(model, clips, epochs=cfg.ctc_epochs, seed=cfg.seed, progress=progress)
+    (cfg.out / "ctc_loss.json").write_text(json.dumps({"epoch_ctc_loss": history}) + "\n")
+    state = {f"adapter.{k}": v.detach().clone() for k, v in model.adapter.state_dict().items()}
+    torch.save(state, path)
+    return state
 
 
 def run_steps(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, sampler, progress: bool = True) -> Path:
