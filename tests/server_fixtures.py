@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import base64
 import io
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,3 +68,34 @@ def metric(url: str, name: str) -> float:
     """A metric's value from /metrics: the sum over its label sets ('name{' or 'name ' lines)."""
     lines = httpx.get(url + "/metrics").text.splitlines()
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith((name + "{", name + " ")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_cli(args: list[str], log: Path, timeout: float = 60) -> Iterator[str]:
+    """`python -m stepaudio serve ARGS --port P` as a user starts it; yields the base URL once /health
+    answers and stops it with Ctrl-C (SIGINT) afterwards. Its output goes to `log`."""
+    port = free_port()
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "stepaudio", "serve", *args, "--port", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)

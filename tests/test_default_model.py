@@ -6,6 +6,8 @@ model does into the user cache. Behavioural checks use greedy decoding on audio 
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 from pathlib import Path
@@ -13,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from openai import OpenAI
+
+from server_fixtures import serve_cli
 
 from stepaudio.cli import main
 from stepaudio.config import load_config
@@ -113,37 +118,9 @@ def test_generate_and_chat_use_the_default_model(default_dir, tmp_path, capsys):
 
 def test_serve_without_a_model_serves_the_default_one(default_dir, tmp_path):
     """The README's main command: `stepaudio serve --reasoning-parser step_audio`, asked by the official client."""
-    import base64
-    import io
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-    from openai import OpenAI
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path / "serve.log"
-    with open(log, "w") as err:
-        server = subprocess.Popen([sys.executable, "-m", "stepaudio", "serve", "--port", str(port),
-                                   "--reasoning-parser", "step_audio", "--kv-cache-memory-gb", "0.2"],
-                                  stdout=err, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    with serve_cli(["--reasoning-parser", "step_audio", "--kv-cache-memory-gb", "0.2"], log, timeout=180) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list()] == [DEFAULT_MODEL_NAME]
         buf = io.BytesIO()
         sf.write(buf, speak("What is the capital of France?", Voice("espeak", "en-gb-x-rp+m7")), 16000, format="WAV")
@@ -153,7 +130,4 @@ def test_serve_without_a_model_serves_the_default_one(default_dir, tmp_path):
                                              messages=[{"role": "user", "content": [audio]}])
         message = got.choices[0].message
         assert "Paris" in message.content and getattr(message, "reasoning_content", None)
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(30)
     assert str(default_dir) in log.read_text()

@@ -90,19 +90,26 @@ def _ordinal_answer(first_wins: bool) -> tuple[str, tuple[str, ...]]:
     return ("the first", ("first",)) if first_wins else ("the second", ("second",))
 
 
+def _pair_item(task: str, rng: np.random.Generator, heldout: bool, first_wins: bool,
+               questions: tuple[tuple[str, ...], tuple[str, ...]], reasoning: str,
+               first: np.ndarray, second: np.ndarray) -> SoundItem:
+    """A two-tone comparison; `questions` is (training phrasings, held-out phrasings), `reasoning` has {answer}."""
+    answer, accept = _ordinal_answer(first_wins)
+    question = str(rng.choice(questions[1] if heldout else questions[0]))
+    return SoundItem(task, _pair(rng, first, second), question, answer, accept, reasoning.format(answer=answer))
+
+
 def higher_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
     (lo, hi), wave = _params(rng, heldout)
     f1 = float(rng.uniform(lo, hi))
     f2 = f1 * float(rng.choice([-1, 1]) * rng.uniform(0.15, 0.6) + 1)
     f2 = min(max(f2, lo * 0.8), hi * 1.2)
-    answer, accept = _ordinal_answer(f1 > f2)
-    question = str(rng.choice(["Which tone is higher, the first or the second?",
-                               "Is the first or the second tone higher in pitch?"] if not heldout else
-                              ["Of the two tones, which has the higher pitch: first or second?"]))
-    reasoning = (f"There are two tones. The first is about {f1:.0f} Hz and the second about {f2:.0f} Hz, "
-                 f"so {answer} tone is higher.")
-    wav = _pair(rng, _tone(f1, 0.5, -6, wave), _tone(f2, 0.5, -6, wave))
-    return SoundItem("higher", wav, question, answer, accept, reasoning)
+    return _pair_item("higher", rng, heldout, f1 > f2,
+                      (("Which tone is higher, the first or the second?",
+                        "Is the first or the second tone higher in pitch?"),
+                       ("Of the two tones, which has the higher pitch: first or second?",)),
+                      f"There are two tones. The first is about {f1:.0f} Hz and the second about {f2:.0f} Hz, "
+                      "so {answer} tone is higher.", _tone(f1, 0.5, -6, wave), _tone(f2, 0.5, -6, wave))
 
 
 def louder_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
@@ -110,14 +117,11 @@ def louder_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
     freq = float(rng.uniform(lo, hi))
     l1 = float(rng.uniform(-20, -3))
     l2 = min(max(l1 + float(rng.choice([-1, 1]) * rng.uniform(8, 18)), -26.0), -1.0)
-    answer, accept = _ordinal_answer(l1 > l2)
-    question = str(rng.choice(["Which sound is louder, the first or the second?",
-                               "Is the first or the second tone louder?"] if not heldout else
-                              ["Which of the two tones has more volume: first or second?"]))
-    reasoning = (f"Both tones are about {freq:.0f} Hz. The first peaks near {l1:.0f} dB and the second near "
-                 f"{l2:.0f} dB, so {answer} is louder.")
-    wav = _pair(rng, _tone(freq, 0.5, l1, wave), _tone(freq, 0.5, l2, wave))
-    return SoundItem("louder", wav, question, answer, accept, reasoning)
+    return _pair_item("louder", rng, heldout, l1 > l2,
+                      (("Which sound is louder, the first or the second?", "Is the first or the second tone louder?"),
+                       ("Which of the two tones has more volume: first or second?",)),
+                      f"Both tones are about {freq:.0f} Hz. The first peaks near {l1:.0f} dB and the second near "
+                      f"{l2:.0f} dB, so {{answer}} is louder.", _tone(freq, 0.5, l1, wave), _tone(freq, 0.5, l2, wave))
 
 
 def longer_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
@@ -126,14 +130,11 @@ def longer_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
     d1 = float(rng.uniform(0.2, 1.4))
     d2 = d1 * float(rng.uniform(1.6, 3.0)) if rng.random() < 0.5 else d1 / float(rng.uniform(1.6, 3.0))
     d2 = max(d2, 0.15)
-    answer, accept = _ordinal_answer(d1 > d2)
-    question = str(rng.choice(["Which tone lasts longer, the first or the second?",
-                               "Is the first or the second tone longer?"] if not heldout else
-                              ["Which tone has the longer duration: first or second?"]))
-    reasoning = (f"The first tone lasts about {d1:.1f} s and the second about {d2:.1f} s, "
-                 f"so {answer} one is longer.")
-    wav = _pair(rng, _tone(freq, d1, -6, wave), _tone(freq, d2, -6, wave))
-    return SoundItem("longer", wav, question, answer, accept, reasoning)
+    return _pair_item("longer", rng, heldout, d1 > d2,
+                      (("Which tone lasts longer, the first or the second?", "Is the first or the second tone longer?"),
+                       ("Which tone has the longer duration: first or second?",)),
+                      f"The first tone lasts about {d1:.1f} s and the second about {d2:.1f} s, "
+                      "so {answer} one is longer.", _tone(freq, d1, -6, wave), _tone(freq, d2, -6, wave))
 
 
 def direction_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
