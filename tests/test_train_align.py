@@ -88,14 +88,14 @@ def test_delta_holds_the_adaptor_and_lora_and_assembles(tmp_path):
 def test_ctc_warmup_teaches_the_adaptor_on_cached_features():
     from stepaudio.model.step_audio import StepAudioForCausalLM
     from stepaudio.train.ctc_warmup import ctc_warmup, make_clips
-    from stepaudio.train.examples import training_questions
+    from stepaudio.train.questions import word_drill
 
     assembly = _assembly()
     model = StepAudioForCausalLM(assembly.config)
     model.load_state_dict(assembly.state)
     model.requires_grad_(False)
     model.adapter.requires_grad_(True)
-    clips = make_clips(model, StepTokenizer(assembly.tokenizer), training_questions(), n=8, seed=0, progress=False)
+    clips = make_clips(model, StepTokenizer(assembly.tokenizer), word_drill, n=8, seed=0, progress=False)
     assert all(c.features.shape[1] == assembly.config.audio.n_audio_state and c.tokens for c in clips)
     before = {k: v.clone() for k, v in model.adapter.state_dict().items()}
     history = ctc_warmup(model, clips, epochs=15, batch=4, lr=3e-3, progress=False)

@@ -91,6 +91,21 @@ def test_answer_matching_is_whole_word(answer, ok):
     assert answer_is_correct(answer, q) is ok
 
 
+def test_transcription_texts_cannot_be_remembered():
+    from stepaudio.train.examples import common_words, transcription_text
+    from stepaudio.train.questions import random_sentence, word_drill
+
+    vocabulary = common_words(StepTokenizer(build_tiny_tokenizer()))
+    assert set(vocabulary) >= {"apple", "castle"}
+    rng = np.random.default_rng(0)
+    sentences = {random_sentence(rng) for _ in range(200)}
+    drills = {word_drill(rng, vocabulary) for _ in range(200)}
+    assert len(sentences) > 190 and len(drills) == 200
+    q = question_pool()[0]
+    texts = [transcription_text(rng, q, listening_drill=False) for _ in range(400)]
+    assert 0.1 < texts.count(q.text) / 400 < 0.3  # about a fifth are training questions
+
+
 def test_word_errors():
     assert word_errors("the quick brown fox", "The quick brown fox.") == (0, 4)
     assert word_errors("the quick fox jumps", "the quick brown fox") == (2, 4)

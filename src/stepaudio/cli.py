@@ -222,7 +222,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a = steps.add_parser("align", help="train adaptor + decoder LoRA on synthesised think-format examples "
                                        "(resumes from OUT if it holds a run)")
     a.add_argument("--out", type=Path, required=True, help="run folder: state, loss log, align_delta.safetensors")
-    a.add_argument("--steps", type=int, default=600)
+    a.add_argument("--steps", type=int, default=320)
     a.add_argument("--ctc-clips", type=int, default=3000,
                    help="spoken clips for the adaptor's CTC warm-up before the decoder trains (0: skip it)")
     a.add_argument("--ctc-epochs", type=int, default=8)

@@ -27,14 +27,14 @@ from ..model.lora import attach_lora, lora_tensors
 from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
 from .ctc_warmup import ctc_warmup, make_clips
-from .examples import Example, ExampleSampler, training_questions
+from .examples import Example, ExampleSampler, common_words, training_questions
 from .targets import load_or_distil
 
 
 @dataclass
 class AlignConfig:
     out: Path
-    steps: int = 600
+    steps: int = 320
     # First steps: transcription of mostly random word lists only. A small fixed question set lets the
     # LoRA learn to guess a likely training question instead of listening; word lists cannot be guessed.
     listening_drill_steps: int = 50
@@ -171,12 +171,13 @@ def prepare_run(cfg: AlignConfig, progress: bool = True) -> tuple[Assembly, Step
 
     targets = load_or_distil(cfg.out / "targets.jsonl", teacher, questions, progress)
     tokenizer = StepTokenizer.from_dir(base_dir)
+    sampler = ExampleSampler(questions, targets, common_words(tokenizer))
     if cfg.ctc_clips > 0:
-        assembly.state.update(warm_adaptor(cfg, assembly, tokenizer, questions, progress))
-    return assembly, tokenizer, ExampleSampler(questions, targets)
+        assembly.state.update(warm_adaptor(cfg, assembly, tokenizer, sampler, progress))
+    return assembly, tokenizer, sampler
 
 
-def warm_adaptor(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, questions: list,
+def warm_adaptor(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, sampler: ExampleSampler,
                  progress: bool = True) -> dict[str, torch.Tensor]:
     """The CTC-warmed adaptor (`adapter.*` tensors), computed once per run folder and cached there."""
     path = cfg.out / "ctc_adaptor.pt"
@@ -188,7 +189,7 @@ def warm_adaptor(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer,
     model.load_state_dict(assembly.state, strict=True)
     model.requires_grad_(False)
     model.adapter.requires_grad_(True)
-    clips = make_clips(model, tokenizer, questions, cfg.ctc_clips, cfg.seed, progress)
+    clips = make_clips(model, tokenizer, sampler.transcription_text, cfg.ctc_clips, cfg.seed, progress)
     history = ctc_warmup(model, clips, epochs=cfg.ctc_epochs, seed=cfg.seed, progress=progress)
     (cfg.out / "ctc_loss.json").write_text(json.dumps({"epoch_ctc_loss": history}) + "\n")
     state = {f"adapter.{k}": v.detach().clone() for k, v in model.adapter.state_dict().items()}

@@ -11,6 +11,7 @@ the words spoken. The scale of the rows is pulled to the embeddings' typical nor
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,6 @@ from tqdm import tqdm
 from ..audio.features import log_mel_spectrogram
 from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
-from .questions import Question, word_drill
 from .speech import augment, random_voice, speak
 
 
@@ -32,13 +32,13 @@ class Clip:
     tokens: list[int]        # the transcript's token ids
 
 
-def make_clips(model: StepAudioForCausalLM, tokenizer: StepTokenizer, questions: list[Question], n: int,
-               seed: int, progress: bool = True) -> list[Clip]:
-    """`n` spoken clips (70 % random word lists, 30 % training questions), encoded once."""
+def make_clips(model: StepAudioForCausalLM, tokenizer: StepTokenizer, text_source: Callable[[np.random.Generator], str],
+               n: int, seed: int, progress: bool = True) -> list[Clip]:
+    """`n` spoken clips of `text_source(rng)` in random training voices, encoded once."""
     rng = np.random.default_rng([seed, 7])
     clips = []
     for _ in tqdm(range(n), desc="ctc warm-up: encoding clips", disable=not progress, file=sys.stderr):
-        text = word_drill(rng) if rng.random() < 0.7 else questions[int(rng.integers(len(questions)))].text
+        text = text_source(rng)
         wav = augment(speak(text, random_voice(rng)), rng)
         mel = log_mel_spectrogram(wav, n_mels=model.config.audio.n_mels)
         with torch.no_grad():

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .questions import Question, arithmetic_question, question_pool, word_drill
+from ..text.tokenizer import StepTokenizer
+from .questions import DRILL_WORDS, Question, arithmetic_question, question_pool, random_sentence, word_drill
 from .sounds import SoundItem, random_sound_item
 from .speech import augment, random_voice, speak
 from .targets import THINK_CLOSE, Target, repeat_target, transcribe_target
 
+_WORD_TOKEN = re.compile("\u0120[A-Za-z][a-z]{2,11}")  # byte-level BPE spells a leading space as U+0120
 # Share of each kind in a training batch.
-MIX = {"speech": 0.4, "text": 0.15, "sound": 0.3, "transcribe": 0.15}
+MIX = {"speech": 0.3, "text": 0.15, "sound": 0.25, "transcribe": 0.3}
 # Text instructions that ask for the words of the clip (the held-out WER uses a phrasing not listed here).
 TRANSCRIBE_PROMPTS = ("Repeat what was said.", "Write down exactly what you hear.", "What did the speaker say?")
 _LISTEN_PROMPTS = ("Listen and answer.", "Answer the question in the audio.", "Please respond to the recording.")
@@ -52,14 +56,41 @@ def speech_messages(rng: np.random.Generator) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+def common_words(tokenizer: StepTokenizer, first_ids: int = 30000) -> list[str]:
+    """English-looking whole-word tokens among the tokenizer's first (most frequent) merges:
+    a broad vocabulary for word drills, so the adaptor learns words beyond the question set."""
+    words = set(DRILL_WORDS)
+    for token_id in range(first_ids):
+        token = tokenizer.tokenizer.id_to_token(token_id) or ""
+        if _WORD_TOKEN.fullmatch(token):
+            words.add(token[1:])
+    return sorted(words)
+
+
+def transcription_text(rng: np.random.Generator, question: Question, listening_drill: bool,
+                       vocabulary: Sequence[str] = DRILL_WORDS) -> str:
+    """Mostly text that cannot be remembered (random word lists and sentences), some training questions."""
+    draw = rng.random()
+    if draw < (0.8 if listening_drill else 0.3):
+        return word_drill(rng, vocabulary)
+    if draw < 0.8:
+        return random_sentence(rng)
+    return question.reference or question.text
+
+
 class ExampleSampler:
     """Draws examples from the question set (with distilled targets), voices and sound tasks."""
 
-    def __init__(self, questions: list[Question], targets: dict[str, Target]):
+    def __init__(self, questions: list[Question], targets: dict[str, Target], vocabulary: Sequence[str] = DRILL_WORDS):
+        self.vocabulary = vocabulary
         self.items = [(q, targets[q.text] if q.kind != "repeat" else repeat_target(q))
                       for q in questions if q.kind == "repeat" or q.text in targets]
         if not self.items:
             raise ValueError("no question has a target; distillation kept nothing")
+
+    def transcription_text(self, rng: np.random.Generator, listening_drill: bool = False) -> str:
+        question = self.items[int(rng.integers(len(self.items)))][0]
+        return transcription_text(rng, question, listening_drill, self.vocabulary)
 
     def sample(self, rng: np.random.Generator, listening_drill: bool = False) -> Example:
         """One example from `MIX`; during the listening drill, transcription only, mostly random word lists."""
@@ -68,8 +99,7 @@ class ExampleSampler:
             return sound_example(random_sound_item(rng))
         question, target = self.items[int(rng.integers(len(self.items)))]
         if kind == "transcribe":
-            drill_share = 0.8 if listening_drill else 0.5
-            words = word_drill(rng) if rng.random() < drill_share else (question.reference or question.text)
+            words = transcription_text(rng, question, listening_drill, self.vocabulary)
             wav = augment(speak(words, random_voice(rng)), rng)
             messages = [{"role": "user", "content": [{"type": "audio"},
                                                      {"type": "text", "text": str(rng.choice(TRANSCRIBE_PROMPTS))}]}]

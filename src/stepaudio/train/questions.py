@@ -6,6 +6,7 @@ training never hears, so evaluation measures listening rather than memorised cli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,7 +156,37 @@ DRILL_WORDS = (
 ).split() + list(NUMBER_WORDS[1:13])
 
 
-def word_drill(rng: np.random.Generator, n_min: int = 3, n_max: int = 8) -> str:
+def word_drill(rng: np.random.Generator, vocabulary: Sequence[str] = DRILL_WORDS, n_min: int = 3,
+               n_max: int = 8) -> str:
     """A random word list such as "Lemon, seven, castle, ribbon." (first letter capitalised)."""
-    words = [str(w) for w in rng.choice(DRILL_WORDS, size=int(rng.integers(n_min, n_max + 1)))]
+    words = [str(w) for w in rng.choice(vocabulary, size=int(rng.integers(n_min, n_max + 1)))]
     return ", ".join(words).capitalize() + "."
+
+
+# Random sentences for transcription: combinatorial, so the decoder cannot fall back on remembered
+# training sentences and has to read the audio (measured before these: held-out sentences came back
+# as training sentences).
+_ADJECTIVES = ("red", "blue", "green", "small", "big", "old", "new", "quiet", "heavy", "bright", "warm", "cold")
+_NAMES = ("Anna", "Peter", "Maria", "John", "Lucy", "David", "Sarah", "Tom", "Emma", "Mark", "Laura", "Sam")
+_PLACES = ("station", "library", "school", "office", "garden", "market", "kitchen", "beach", "park", "hotel")
+_EXTRA_COUNTRIES = ("Chile", "Nigeria", "Vietnam", "Morocco", "Iceland", "Brazil", "Colombia", "Ukraine",
+                    "Malaysia", "Ghana", "Croatia", "Nepal", "Jamaica", "Scotland", "Wales", "Iran")
+_SENTENCES = (
+    "The {adj} {noun} is next to the {noun2}.", "Please put the {noun} on the {adj} {noun2}.",
+    "{name} bought {num} {noun}s at the {place}.", "Where is the {adj} {noun}?",
+    "What is the capital of {country}?", "How many {noun}s are in the {place}?",
+    "I saw {num} {adj} {noun}s near the {place} today.", "{name} left the {noun} at the {place}.",
+    "Can you bring the {noun} to the {place}?", "My {noun} is {adj} and very {adj2}.",
+    "What is {a} plus {b}?", "{name} and {name2} are going to the {place}.",
+)
+
+
+def random_sentence(rng: np.random.Generator) -> str:
+    def pick(options) -> str:
+        return str(rng.choice(options))
+
+    nouns = [w for w in DRILL_WORDS if w not in NUMBER_WORDS]
+    return pick(_SENTENCES).format(
+        adj=pick(_ADJECTIVES), adj2=pick(_ADJECTIVES), noun=pick(nouns), noun2=pick(nouns), name=pick(_NAMES),
+        name2=pick(_NAMES), place=pick(_PLACES), num=pick(NUMBER_WORDS[2:10]), a=int(rng.integers(1, 30)),
+        b=int(rng.integers(1, 30)), country=pick(_EXTRA_COUNTRIES))
