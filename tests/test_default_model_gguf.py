@@ -199,29 +199,31 @@ def test_real_qwen25_gguf_answers_paris():
 
 
 def test_real_qwen25_logits_match_transformers(tmp_path: Path):
-    """Our reader + decoder against transformers loading the same GGUF (needs gguf and accelerate).
+    """The assembled checkpoint, loaded by our loader, against transformers loading the same GGUF.
 
-    Measured: dequantised weights and fp32 logits are bit-identical (max abs diff 0.0 on 64 random
-    tokens); the tolerance leaves room for kernel changes. Peak RSS is about 7 GB, and it takes about 40 s.
+    The base assembly (no trained delta) is written in float32, so our decoder sees exactly the
+    dequantised weights. Measured: bit-identical logits (max abs diff 0.0 on 64 random tokens); the
+    tolerance leaves room for kernel changes. Peak RSS is about 7 GB, and it takes about 40 s.
     """
     parts = _real_parts()
     pytest.importorskip("gguf")
     pytest.importorskip("accelerate")
     from transformers import AutoModelForCausalLM
 
-    (tmp_path / "model.gguf").write_bytes(b"".join(p.read_bytes() for p in parts))
+    from stepaudio.default_model.assemble import load_base, write_assembly
+    from stepaudio.model.loader import load_model
+
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "model.gguf").write_bytes(b"".join(p.read_bytes() for p in parts))
     ids = torch.randint(0, 151643, (1, 64), generator=torch.Generator().manual_seed(0))
-    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="model.gguf", dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "gguf"), gguf_file="model.gguf",
+                                              dtype=torch.float32).eval()
     with torch.no_grad():
         expected = hf(ids).logits[0]
     del hf
-    g = read_gguf(parts)
-    state = qwen2_state_dict(g)
-    with torch.device("meta"):
-        model = Qwen2Model(qwen2_text_config(g))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")},
-                          strict=True, assign=True)
+    write_assembly(load_base(progress=False), tmp_path / "base", dtype=torch.float32)
+    model = load_model(tmp_path / "base", dtype="float32")
     with torch.no_grad():
-        got = model(model.embed_tokens(ids), torch.arange(64)[None])[0] @ state["lm_head.weight"].T
+        got = model.compute_logits(model(ids, torch.arange(64)[None]))[0]
     assert (got - expected).abs().max().item() < 1e-3
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
