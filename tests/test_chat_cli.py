@@ -79,7 +79,8 @@ def test_thinking_is_dimmed_on_a_terminal(api_base):
     assert DIM not in answer.split(RESET)[-1]
 
 
-@pytest.mark.parametrize("argv", [["chat", "hi"], ["chat", "--api-base", "http://127.0.0.1:9/v1", "hi"]])
+@pytest.mark.parametrize("argv", [["chat", "--model", "/nonexistent/model", "hi"],
+                                  ["chat", "--api-base", "http://127.0.0.1:9/v1", "hi"]])
 def test_errors_are_one_line(argv, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
