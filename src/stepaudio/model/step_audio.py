@@ -44,16 +44,20 @@ class StepAudioForCausalLM(nn.Module):
         Chunks are encoded one at a time, as vLLM does for a single item: padding a batch would let
         the convolutions see padded frames and make a chunk's features depend on its neighbours.
         """
+        return [self.adapt(*self.encode_features(mel, formula)) for mel in mels]
+
+    def encode_features(self, mel: torch.Tensor, formula: str = "vllm") -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output [1, T, d] and its length for one mel chunk [n_mels, L] (training caches these)."""
         if formula not in _LENGTH_TRIM:
             raise ValueError(f"unknown audio token formula {formula!r}; use one of {sorted(_LENGTH_TRIM)}")
         param = self.encoder.conv1.weight
-        out = []
-        for mel in mels:
-            length = torch.tensor([mel.shape[-1] - _LENGTH_TRIM[formula]], device=param.device)
-            feats, feat_lens = self.encoder(mel.to(param)[None], length)
-            emb, emb_lens = self.adapter(feats, feat_lens)
-            out.append(emb[0, : int(emb_lens[0])])
-        return out
+        length = torch.tensor([mel.shape[-1] - _LENGTH_TRIM[formula]], device=param.device)
+        return self.encoder(mel.to(param)[None], length)
+
+    def adapt(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Adaptor rows [n, hidden] for one encoded chunk, cut to its real length (differentiable)."""
+        emb, emb_lens = self.adapter(feats, lengths)
+        return emb[0, : int(emb_lens[0])]
 
     def embed(self, input_ids: torch.Tensor, audio_embeds: torch.Tensor | None = None,
               audio_rows: torch.Tensor | None = None) -> torch.Tensor:

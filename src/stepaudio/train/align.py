@@ -78,11 +78,6 @@ def build_batch(tokenizer: StepTokenizer, examples: list[Example], n_mels: int) 
     return Batch(ids, lab, ids == tokenizer.audio_patch_id, mels, [ex.kind for ex in examples])
 
 
-def _adapt(model: StepAudioForCausalLM, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    emb, emb_lens = model.adapter(feats, lengths)
-    return emb[0, : int(emb_lens[0])]
-
-
 class AlignModel:
     """The model with frozen bf16 decoder, fp32 trainable adaptor and LoRA pairs."""
 
@@ -107,8 +102,8 @@ class AlignModel:
         audio = None
         if batch.mels:
             with torch.no_grad():
-                feats = [model.encoder(m[None].float(), torch.tensor([m.shape[-1]])) for m in batch.mels]
-            audio = torch.cat([_adapt(model, f, n) for f, n in feats])
+                feats = [model.encode_features(m) for m in batch.mels]
+            audio = torch.cat([model.adapt(f, n) for f, n in feats])
         positions = torch.arange(batch.input_ids.shape[1])[None].expand_as(batch.input_ids)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             hidden = model(batch.input_ids, positions, audio, batch.audio_rows if audio is not None else None)
@@ -170,7 +165,7 @@ def prepare_run(cfg: AlignConfig, progress: bool = True) -> tuple[Assembly, Step
         return LLM(base_dir)
 
     targets = load_or_distil(cfg.out / "targets.jsonl", teacher, questions, progress)
-    tokenizer = StepTokenizer.from_dir(base_dir)
+    tokenizer = StepTokenizer(assembly.tokenizer)
     sampler = ExampleSampler(questions, targets, common_words(tokenizer))
     if cfg.ctc_clips > 0:
         assembly.state.update(warm_adaptor(cfg, assembly, tokenizer, sampler, progress))

@@ -42,7 +42,7 @@ def make_clips(model: StepAudioForCausalLM, tokenizer: StepTokenizer, text_sourc
         wav = augment(speak(text, random_voice(rng)), rng)
         mel = log_mel_spectrogram(wav, n_mels=model.config.audio.n_mels)
         with torch.no_grad():
-            feats, _ = model.encoder(mel[None].float(), torch.tensor([mel.shape[-1]]))
+            feats, _ = model.encode_features(mel)
         clips.append(Clip(feats[0], tokenizer.encode(text)))
     return clips
 
@@ -81,8 +81,7 @@ def ctc_warmup(model: StepAudioForCausalLM, clips: list[Clip], epochs: int = 12,
             rows, lengths, targets, target_lengths = [], [], [], []
             for i in chunk.tolist():
                 clip = clips[i]
-                out, n = model.adapter(clip.features[None], torch.tensor([clip.features.shape[0]]))
-                rows.append(out[0, : int(n[0])])
+                rows.append(model.adapt(clip.features[None], torch.tensor([clip.features.shape[0]])))
                 targets += [index[t] for t in clip.tokens]
                 target_lengths.append(len(clip.tokens))
             lengths = [r.shape[0] for r in rows]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..audio.io import load_audio
 from ..engine.llm import LLM
 from ..engine.sampling import SamplingParams
 from .questions import HELDOUT_REPEAT_SENTENCES, Question, answer_is_correct, arithmetic_question, question_pool
@@ -103,13 +104,11 @@ def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items:
     report.items["text_after"] = _score_questions(llm, questions, None, "trained, text")
     report.items["speech"] = _score_questions(llm, questions, spoken, "trained, speech")
     repeats = [(text, speak(text, random_voice(rng, heldout=True))) for text in HELDOUT_REPEAT_SENTENCES]
-    from ..audio.io import load_audio
     repeats += [(ref, load_audio(path)) for path, ref in audioeval_clips()]
     answers = _answers(llm, [[{"role": "user", "content": [_audio_part(w), {"type": "text", "text": REPEAT_PROMPT}]}]
                              for _, w in repeats], "repeat")
-    report.items["repeat"] = [{"reference": ref, "answer": a, "errors": word_errors(a, ref)[0],
-                               "words": word_errors(a, ref)[1], "source": "audioeval" if i >= len(
-                                   HELDOUT_REPEAT_SENTENCES) else "espeak-heldout"}
+    report.items["repeat"] = [{"reference": ref, "answer": a, **dict(zip(("errors", "words"), word_errors(a, ref))),
+                               "source": "audioeval" if i >= len(HELDOUT_REPEAT_SENTENCES) else "espeak-heldout"}
                               for i, ((ref, _), (_, a)) in enumerate(zip(repeats, answers))]
     sounds = [random_sound_item(rng, heldout=True, task=t) for t in TASKS for _ in range(sound_items)]
     answers = _answers(llm, [[{"role": "user", "content": [_audio_part(s.wav), {"type": "text", "text": s.question}]}]

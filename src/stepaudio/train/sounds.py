@@ -64,7 +64,7 @@ def count_item(rng: np.random.Generator, heldout: bool = False, n: int | None = 
     (lo, hi), wave = _params(rng, heldout)
     n = int(rng.integers(1, 6)) if n is None else n
     freq, length = float(rng.uniform(lo, hi)), float(rng.uniform(0.1, 0.25))
-    parts, onsets, t = [_silence(rng.uniform(0.1, 0.4))], [], 0.0
+    parts, onsets = [_silence(rng.uniform(0.1, 0.4))], []
     t = len(parts[0]) / SAMPLE_RATE
     for _ in range(n):
         onsets.append(t)
