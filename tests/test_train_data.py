@@ -15,6 +15,7 @@ from stepaudio.train.sounds import SAMPLE_RATE, TASKS, count_item, random_sound_
 from stepaudio.train.speech import (HELDOUT_ESPEAK_VOICES, TRAIN_ESPEAK_VOICES, Voice, add_noise, augment,
                                     random_voice, speak)
 from stepaudio.train.targets import THINK_CLOSE, Target, repeat_target
+from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 
 
 def _bursts(wav: np.ndarray, threshold: float = 0.05) -> list[tuple[int, int]]:
@@ -102,8 +103,36 @@ def test_transcription_texts_cannot_be_remembered():
     drills = {word_drill(rng, vocabulary) for _ in range(200)}
     assert len(sentences) > 190 and len(drills) == 200
     q = question_pool()[0]
-    texts = [transcription_text(rng, q, listening_drill=False) for _ in range(400)]
-    assert 0.1 < texts.count(q.text) / 400 < 0.3  # about a fifth are training questions
+    written = ["Why do birds sing in the morning?", "The kettle is boiling on the stove."]
+    texts = [transcription_text(rng, q, listening_drill=False, sentences=written) for _ in range(1000)]
+    assert 0.22 < texts.count(q.text) / 1000 < 0.38  # about 30 % are the example's own question
+    assert 0.22 < sum(t in written for t in texts) / 1000 < 0.38  # 30 % decoder-written sentences
+    drill = [transcription_text(rng, q, listening_drill=True, sentences=written) for _ in range(200)]
+    assert not set(drill) & set(written) and 0.1 < drill.count(q.text) / 200 < 0.3
+
+
+@pytest.mark.parametrize(("text", "held"), [
+    ("What is the capital of Canada?", True), ("Is Ottawa a big city?", True),
+    ("How many legs does a dog have?", True), ("My sister lives near the sea.", True),
+    ("How many wheels does a car have?", False), ("What is the capital of France?", False),
+])
+def test_heldout_overlap_guards_the_evaluation_set(text, held):
+    from stepaudio.train.questions import heldout_overlap
+
+    assert heldout_overlap(text) is held
+
+
+@pytest.mark.parametrize(("reply", "question", "kept"), [
+    ("Why do birds sing in the morning?", True, "Why do birds sing in the morning?"),
+    ('"Why do birds sing in the morning?"\nThey mark territory.', True, "Why do birds sing in the morning?"),
+    ("Birds sing in the morning.", True, None), ("Birds sing in the morning.", False, "Birds sing in the morning."),
+    ("Why?", True, None), ("Was ist das für ein Vogel?", True, None), ("def f(x): return x?", True, None),
+    ("What is the capital city of Hungary?", True, None), ("", True, None),
+])
+def test_decoder_written_texts_are_filtered(reply, question, kept):
+    from stepaudio.train.generated import clean_text
+
+    assert clean_text(reply, question) == kept
 
 
 def test_word_errors():
@@ -137,3 +166,22 @@ def test_sampler_draws_every_kind_and_refuses_an_empty_set():
     assert kinds == {"speech", "text", "sound", "transcribe"}
     with pytest.raises(ValueError, match="no question"):
         ExampleSampler([q for q in questions if q.kind != "repeat"], {})
+
+
+def test_written_texts_are_generated_once_and_read_back(tiny_dir, tmp_path):
+    """A random tiny decoder writes nothing usable: generation gives up after a bounded number of tries;
+    a cached file is read back without building the decoder at all."""
+    from stepaudio.engine.llm import LLM
+    from stepaudio.train.generated import generate_texts, load_or_generate, topic_words
+
+    assert generate_texts(LLM(tiny_dir), ["apple", "river"], n=2, question=True, seed=0, batch=4,
+                          progress=False) == []
+    assert topic_words(["apple", "abund", "Paris", "it", "river2", "river"]) == ["apple", "abund", "river"]
+    path = tmp_path / "generated.json"
+    path.write_text('{"questions": ["Why is the sea salty?", "Who wrote music?"], "sentences": ["I like tea."]}')
+
+    def no_decoder():
+        raise AssertionError("the cache should have been used")
+
+    texts = load_or_generate(path, no_decoder, ["apple"], n_questions=1, n_sentences=1, seed=0, progress=False)
+    assert texts == {"questions": ["Why is the sea salty?"], "sentences": ["I like tea."]}

@@ -222,18 +222,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a = steps.add_parser("align", help="train adaptor + decoder LoRA on synthesised think-format examples "
                                        "(resumes from OUT if it holds a run)")
     a.add_argument("--out", type=Path, required=True, help="run folder: state, loss log, align_delta.safetensors")
-    a.add_argument("--steps", type=int, default=320)
-    a.add_argument("--ctc-clips", type=int, default=3000,
+    # Defaults live in AlignConfig (shown in docs/DEFAULT_MODEL.md); an option left out keeps it.
+    a.add_argument("--steps", type=int, help="decoder-stage steps (default 600)")
+    a.add_argument("--ctc-clips", type=int,
                    help="spoken clips for the adaptor's CTC warm-up before the decoder trains (0: skip it)")
-    a.add_argument("--ctc-epochs", type=int, default=8)
-    a.add_argument("--listening-drill-steps", type=int, default=50,
+    a.add_argument("--ctc-epochs", type=int)
+    a.add_argument("--listening-drill-steps", type=int,
                    help="first steps on transcription of random word lists only (teaches the adaptor to listen)")
-    a.add_argument("--batch-size", type=int, default=8)
-    a.add_argument("--lr-adapter", type=float, default=1e-3)
-    a.add_argument("--lr-lora", type=float, default=4e-4)
-    a.add_argument("--lora-rank", type=int, default=8)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--save-every", type=int, default=25, help="steps between resumable checkpoints")
+    a.add_argument("--generated-questions", type=int,
+                   help="questions the base decoder writes (answers self-distilled) for spoken QA items")
+    a.add_argument("--generated-sentences", type=int, help="sentences the base decoder writes for transcription")
+    a.add_argument("--arithmetic-questions", type=int, help="seeded spoken sums and differences")
+    a.add_argument("--batch-size", type=int)
+    a.add_argument("--lr-adapter", type=float)
+    a.add_argument("--lr-lora", type=float)
+    a.add_argument("--lora-rank", type=int, help="LoRA rank (alpha is twice the rank)")
+    a.add_argument("--seed", type=int)
+    a.add_argument("--save-every", type=int, help="steps between resumable checkpoints")
     a.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     a.set_defaults(func=_run_train_align)
     e = steps.add_parser("evaluate", help="held-out report: speech vs text accuracy, repeat WER, sound tasks, speed")
@@ -249,13 +254,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train_align(args: argparse.Namespace) -> None:
     from .train.align import AlignConfig, train_align
 
-    if args.steps < 1 or args.batch_size < 1:
+    options = ("steps", "ctc_clips", "ctc_epochs", "listening_drill_steps", "generated_questions",
+               "generated_sentences", "arithmetic_questions", "batch_size", "lr_adapter", "lr_lora", "lora_rank",
+               "seed", "save_every", "threads")
+    given = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
+    if given.get("steps", 1) < 1 or given.get("batch_size", 1) < 1:
         raise ValueError("--steps and --batch-size must be at least 1")
-    cfg = AlignConfig(out=args.out, steps=args.steps, listening_drill_steps=args.listening_drill_steps,
-                      ctc_clips=args.ctc_clips, ctc_epochs=args.ctc_epochs,
-                      batch_size=args.batch_size, lr_adapter=args.lr_adapter,
-                      lr_lora=args.lr_lora, lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank,
-                      seed=args.seed, save_every=args.save_every, threads=args.threads)
+    if any(given.get(name, 0) < 0 for name in options[1:7]):
+        raise ValueError("counts of clips, epochs, steps and generated texts cannot be negative")
+    if "lora_rank" in given:
+        given["lora_alpha"] = 2.0 * given["lora_rank"]
+    cfg = AlignConfig(out=args.out, **given)
     delta = train_align(cfg)
     print(f"wrote {delta}; install it with: cp {delta} src/stepaudio/default_model/weights/")
 

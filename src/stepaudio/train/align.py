@@ -28,13 +28,14 @@ from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
 from .ctc_warmup import ctc_warmup, make_clips
 from .examples import Example, ExampleSampler, common_words, training_questions
+from .generated import load_or_generate
 from .targets import load_or_distil
 
 
 @dataclass
 class AlignConfig:
     out: Path
-    steps: int = 320
+    steps: int = 600
     # First steps: transcription of mostly random word lists only. A small fixed question set lets the
     # LoRA learn to guess a likely training question instead of listening; word lists cannot be guessed.
     listening_drill_steps: int = 50
@@ -42,6 +43,11 @@ class AlignConfig:
     # cached encoder features; see ctc_warmup.py). 0 clips skips it.
     ctc_clips: int = 3000
     ctc_epochs: int = 8
+    # Decoder-written questions (answers self-distilled) and sentences: thousands of distinct texts, so
+    # no small question set can be recalled instead of listened to (see generated.py).
+    generated_questions: int = 1000
+    generated_sentences: int = 1200
+    arithmetic_questions: int = 300
     batch_size: int = 8
     lr_adapter: float = 1e-3
     lr_lora: float = 4e-4
@@ -158,15 +164,22 @@ def prepare_run(cfg: AlignConfig, progress: bool = True) -> tuple[Assembly, Step
     base_dir = cfg.out / "base"
     if not (base_dir / "config.json").is_file():  # the distillation teacher: the decoder as it ships
         write_assembly(assembly, base_dir)
-    questions = training_questions(cfg.seed)
+    teacher_llm = None
 
     def teacher():
-        from ..engine.llm import LLM
-        return LLM(base_dir)
+        nonlocal teacher_llm
+        if teacher_llm is None:
+            from ..engine.llm import LLM
+            teacher_llm = LLM(base_dir)
+        return teacher_llm
 
-    targets = load_or_distil(cfg.out / "targets.jsonl", teacher, questions, progress)
     tokenizer = StepTokenizer(assembly.tokenizer)
-    sampler = ExampleSampler(questions, targets, common_words(tokenizer))
+    vocabulary = common_words(tokenizer)
+    texts = load_or_generate(cfg.out / "generated.json", teacher, vocabulary, cfg.generated_questions,
+                             cfg.generated_sentences, cfg.seed, progress)
+    questions = training_questions(cfg.seed, cfg.arithmetic_questions, texts["questions"])
+    targets = load_or_distil(cfg.out / "targets.jsonl", teacher, questions, progress)
+    sampler = ExampleSampler(questions, targets, vocabulary, texts["sentences"])
     if cfg.ctc_clips > 0:
         assembly.state.update(warm_adaptor(cfg, assembly, tokenizer, sampler, progress))
     return assembly, tokenizer, sampler

@@ -16,7 +16,7 @@ from .targets import THINK_CLOSE, Target, repeat_target, transcribe_target
 
 _WORD_TOKEN = re.compile("\u0120[A-Za-z][a-z]{2,11}")  # byte-level BPE spells a leading space as U+0120
 # Share of each kind in a training batch.
-MIX = {"speech": 0.3, "text": 0.15, "sound": 0.25, "transcribe": 0.3}
+MIX = {"speech": 0.35, "text": 0.1, "sound": 0.2, "transcribe": 0.35}
 # Text instructions that ask for the words of the clip (the held-out WER uses a phrasing not listed here).
 TRANSCRIBE_PROMPTS = ("Repeat what was said.", "Write down exactly what you hear.", "What did the speaker say?")
 _LISTEN_PROMPTS = ("Listen and answer.", "Answer the question in the audio.", "Please respond to the recording.")
@@ -32,10 +32,11 @@ class Example:
     target: str                # text after the generation prompt's "<think>\n"
 
 
-def training_questions(seed: int = 0, n_arithmetic: int = 60) -> list[Question]:
-    """The fixed training question set: the training pool plus seeded arithmetic."""
+def training_questions(seed: int = 0, n_arithmetic: int = 60, open_questions: Sequence[str] = ()) -> list[Question]:
+    """The fixed training question set: the training pool, seeded arithmetic and decoder-written questions."""
     rng = np.random.default_rng(seed)
-    return question_pool() + [arithmetic_question(rng) for _ in range(n_arithmetic)]
+    return (question_pool() + [arithmetic_question(rng) for _ in range(n_arithmetic)]
+            + [Question("open", text, ()) for text in open_questions])
 
 
 def sound_reply(item: SoundItem) -> str:
@@ -68,21 +69,28 @@ def common_words(tokenizer: StepTokenizer, first_ids: int = 30000) -> list[str]:
 
 
 def transcription_text(rng: np.random.Generator, question: Question, listening_drill: bool,
-                       vocabulary: Sequence[str] = DRILL_WORDS) -> str:
-    """Mostly text that cannot be remembered (random word lists and sentences), some training questions."""
+                       vocabulary: Sequence[str] = DRILL_WORDS, sentences: Sequence[str] = ()) -> str:
+    """Mostly text that cannot be remembered: random word lists, template sentences, decoder-written
+    sentences; the rest is the training question drawn for this example."""
     draw = rng.random()
-    if draw < (0.8 if listening_drill else 0.3):
+    if listening_drill:
+        return word_drill(rng, vocabulary) if draw < 0.8 else question.reference or question.text
+    if draw < 0.25:
         return word_drill(rng, vocabulary)
-    if draw < 0.8:
+    if draw < 0.4:
         return random_sentence(rng)
+    if draw < 0.7 and sentences:
+        return str(sentences[int(rng.integers(len(sentences)))])
     return question.reference or question.text
 
 
 class ExampleSampler:
     """Draws examples from the question set (with distilled targets), voices and sound tasks."""
 
-    def __init__(self, questions: list[Question], targets: dict[str, Target], vocabulary: Sequence[str] = DRILL_WORDS):
+    def __init__(self, questions: list[Question], targets: dict[str, Target], vocabulary: Sequence[str] = DRILL_WORDS,
+                 sentences: Sequence[str] = ()):
         self.vocabulary = vocabulary
+        self.sentences = sentences
         self.items = [(q, targets[q.text] if q.kind != "repeat" else repeat_target(q))
                       for q in questions if q.kind == "repeat" or q.text in targets]
         if not self.items:
@@ -90,7 +98,7 @@ class ExampleSampler:
 
     def transcription_text(self, rng: np.random.Generator, listening_drill: bool = False) -> str:
         question = self.items[int(rng.integers(len(self.items)))][0]
-        return transcription_text(rng, question, listening_drill, self.vocabulary)
+        return transcription_text(rng, question, listening_drill, self.vocabulary, self.sentences)
 
     def sample(self, rng: np.random.Generator, listening_drill: bool = False) -> Example:
         """One example from `MIX`; during the listening drill, transcription only, mostly random word lists."""
@@ -99,7 +107,7 @@ class ExampleSampler:
             return sound_example(random_sound_item(rng))
         question, target = self.items[int(rng.integers(len(self.items)))]
         if kind == "transcribe":
-            words = transcription_text(rng, question, listening_drill, self.vocabulary)
+            words = transcription_text(rng, question, listening_drill, self.vocabulary, self.sentences)
             wav = augment(speak(words, random_voice(rng)), rng)
             messages = [{"role": "user", "content": [{"type": "audio"},
                                                      {"type": "text", "text": str(rng.choice(TRANSCRIBE_PROMPTS))}]}]

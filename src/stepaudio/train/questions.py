@@ -6,6 +6,7 @@ training never hears, so evaluation measures listening rather than memorised cli
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,9 +94,9 @@ _FACT_PREFIX_HELDOUT = ("Quick question. ", "I have a question. ")
 
 @dataclass(frozen=True)
 class Question:
-    kind: str                  # "capital", "fact", "arithmetic", "repeat"
+    kind: str                  # "capital", "fact", "arithmetic", "repeat", "open" (no fixed answer)
     text: str                  # what is spoken (or typed, for text items)
-    accept: tuple[str, ...]    # any of these in the answer counts as correct (lower-cased match)
+    accept: tuple[str, ...]    # any of these in the answer counts as correct (lower-cased match); () for "open"
     reference: str = ""        # for "repeat": the sentence to say back
 
 
@@ -137,10 +138,30 @@ def random_question(rng: np.random.Generator, heldout: bool = False, arithmetic_
     return pool[int(rng.integers(len(pool)))]
 
 
+_STOPWORDS = frozenset("a an the is are was do does did what which who how many much of to in on at for and or "
+                       "you your i my me we it this that there have has be can".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS}
+
+
+def heldout_overlap(text: str) -> bool:
+    """Whether `text` names a held-out country or capital, or shares half its content words with a
+    held-out fact or repeat sentence: such texts must not be trained on."""
+    words = " " + " ".join(re.findall(r"[a-z]+", text.lower())) + " "
+    if any(f" {name.lower()} " in words for pair in _split(CAPITALS, True) for name in pair):
+        return True
+    mine = _content_words(text)
+    for other in [q for q, _ in _split(FACTS, True)] + list(HELDOUT_REPEAT_SENTENCES):
+        theirs = _content_words(other)
+        if mine and theirs and len(mine & theirs) / len(mine | theirs) >= 0.5:
+            return True
+    return False
+
+
 def answer_is_correct(answer: str, question: Question) -> bool:
     """Whole-word, case-insensitive match of any accepted answer in the reply."""
-    import re
-
     text = " " + re.sub(r"[^a-z0-9 ]+", " ", answer.lower()) + " "
     return any(f" {a} " in text for a in question.accept)
 

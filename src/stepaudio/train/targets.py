@@ -49,7 +49,7 @@ def transcribe_target(words: str) -> Target:
     return Target(words, f'The speaker says: "{words}" I should write these words exactly.', words)
 
 
-def _qwen_prompt(llm: LLM, user: str) -> PreparedPrompt:
+def qwen_prompt(llm: LLM, user: str) -> PreparedPrompt:
     """A plain Qwen chat prompt (the decoder's native format), text only."""
     text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
             f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
@@ -62,18 +62,19 @@ def _first_sentences(text: str, n: int = 2) -> str:
 
 
 def distil(llm: LLM, questions: list[Question], batch: int = 32, progress: bool = True) -> dict[str, Target]:
-    """A target for every non-repeat question, by text; rejected ones (wrong answer) have an empty answer."""
+    """A target for every non-repeat question, by text; rejected ones (wrong answer) have an empty answer.
+    "open" questions have no answer to check: their target is what the decoder says reading them."""
     params = SamplingParams(temperature=0.0, max_tokens=72)
     todo = [q for q in questions if q.kind != "repeat"]
     out: dict[str, Target] = {}
     for start in tqdm(range(0, len(todo), batch), desc="distilling targets", disable=not progress, file=sys.stderr):
         chunk = todo[start:start + batch]
-        prompts = [_qwen_prompt(llm, form.format(q=q.text)) for q in chunk for form in (_EXPLAIN, _ANSWER)]
+        prompts = [qwen_prompt(llm, form.format(q=q.text)) for q in chunk for form in (_EXPLAIN, _ANSWER)]
         results = llm.generate(prompts, params)
         for i, q in enumerate(chunk):
             explain = _first_sentences(results[2 * i].completions[0].text)
             answer = _first_sentences(results[2 * i + 1].completions[0].text, 1)
-            correct = bool(answer) and answer_is_correct(answer, q)
+            correct = bool(answer) and (q.kind == "open" or answer_is_correct(answer, q))
             out[q.text] = Target(q.text, f"{heard(q)} {explain}".strip(), answer if correct else "")
     return out
 
