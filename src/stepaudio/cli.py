@@ -1,4 +1,4 @@
-"""`stepaudio` command line: serve, chat, demo, generate, make-tiny, train (eval arrives with its issue)."""
+"""`stepaudio` command line: serve, chat, demo, generate, make-tiny, train, eval."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .evaluation.cli import add_eval, with_default_subcommand
 
 
 def _add_make_tiny(sub: argparse._SubParsersAction) -> None:
@@ -292,11 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_make_tiny(sub)
     _add_train(sub)
+    add_eval(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(with_default_subcommand(sys.argv[1:] if argv is None else argv))
     try:
         args.func(args)
     except (ValueError, OSError) as e:  # every user-facing error type here derives from these

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class Completion:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    latency_s: float = 0.0  # from generate() until this completion finished (batch-mates share the clock)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class LLM:
             self.engine.add_request(rid, prompt.token_ids, prompt.mels, params)
             order.append(rid)
             results[rid] = ChatResult(rid, 0, 0, 0, [Completion(i, "", "", "", [], None) for i in range(params.n)])
+        start = time.perf_counter()
         with torch.inference_mode():
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
@@ -84,4 +87,6 @@ class LLM:
                         c.logprobs += d.logprobs
                         c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
                         c.completion_tokens, c.reasoning_tokens = d.completion_tokens, d.reasoning_tokens
+                        if d.finish_reason is not None:
+                            c.latency_s = time.perf_counter() - start
         return [results[rid] for rid in order]

@@ -1,0 +1,1 @@
+"""Evaluation harness: manifests, prompts, scoring, runs, reports and a synthetic benchmark."""

@@ -1,0 +1,118 @@
+"""`stepaudio eval MANIFEST …` and `stepaudio eval make-synthetic …`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SUBCOMMANDS = ("run", "make-synthetic")
+PLOT_NAME = "accuracy_vs_reasoning_tokens.png"
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on an audio benchmark manifest; thinking-budget sweeps",
+                       description="stepaudio eval MANIFEST [options] runs an evaluation (the 'run' word is "
+                                   "optional); stepaudio eval make-synthetic --out DIR writes an offline benchmark. "
+                                   "See docs/EVALUATION.md.")
+    steps = p.add_subparsers(dest="eval_command", required=True)
+    r = steps.add_parser("run", help="evaluate MANIFEST (the default subcommand)")
+    r.add_argument("manifest", type=Path, help="JSONL/JSON manifest; audio paths are relative to its folder")
+    r.add_argument("--layout", default="auto", help="auto, jsonl, mmau, mmar, bba or spoken-mqa")
+    r.add_argument("--category-field", help="group the summary by this field of the manifest records")
+    r.add_argument("--limit", type=int, help="only the first N items")
+    target = r.add_mutually_exclusive_group()
+    target.add_argument("--server", metavar="URL", help="OpenAI-compatible API base, e.g. http://localhost:8000/v1")
+    target.add_argument("--model", type=Path, help="model folder run in-process (default: the built-in default model)")
+    r.add_argument("--served-model", help="model name sent to the server (default: the first it lists)")
+    r.add_argument("--api-key")
+    r.add_argument("--dtype", help="in-process dtype (default: the checkpoint's)")
+    r.add_argument("--device", default="cpu", help="in-process device")
+    r.add_argument("--out", type=Path, help="results folder (default: eval_<manifest name>)")
+    r.add_argument("--concurrency", type=int, default=8, help="requests in flight (in-process: batch size)")
+    r.add_argument("--retries", type=int, default=5, help="retries with backoff on 429, 5xx and lost connections")
+    r.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    r.add_argument("--max-tokens", type=int, default=4096, help="upstream scripts use 32000")
+    r.add_argument("--temperature", type=float, default=0.7, help="upstream default 0.7")
+    r.add_argument("--top-p", type=float)
+    r.add_argument("--repetition-penalty", type=float, help="upstream uses 1.07 for MMAR, 1.0 elsewhere")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--thinking-budgets", default="inf",
+                   help="comma list of reasoning-token caps, e.g. 0,64,256,1024,inf (0: no thinking, inf: no cap)")
+    r.add_argument("--judge-url", help="OpenAI-compatible API base of an LLM judge for open answers")
+    r.add_argument("--judge-model", help="the judge's model name (default: the first it lists)")
+    r.add_argument("--judge-api-key")
+    r.add_argument("--judge-all", action="store_true", help="judge every answer, not only open ones")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=run_eval_command)
+    m = steps.add_parser("make-synthetic", help="write a seeded offline benchmark: sounds, rhythm, spoken arithmetic")
+    m.add_argument("--out", type=Path, required=True, help="folder for audio/ and manifest.jsonl")
+    m.add_argument("--n-per-task", type=int, default=20)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--tasks", help="comma list of tasks (default: all)")
+    m.set_defaults(func=make_synthetic_command)
+
+
+def with_default_subcommand(argv: list[str]) -> list[str]:
+    """`stepaudio eval MANIFEST …` means `stepaudio eval run MANIFEST …`."""
+    if len(argv) >= 2 and argv[0] == "eval" and argv[1] not in SUBCOMMANDS + ("-h", "--help"):
+        return ["eval", "run", *argv[1:]]
+    return argv
+
+
+def _judge(args: argparse.Namespace):
+    if not args.judge_url:
+        if args.judge_all:
+            raise ValueError("--judge-all needs --judge-url")
+        return None
+    from ..client import list_models
+    from .judge import Judge
+
+    return Judge(args.judge_url, args.judge_model or list_models(args.judge_url, args.judge_api_key)[0],
+                 args.judge_api_key, args.timeout)
+
+
+def run_eval_command(args: argparse.Namespace) -> None:
+    from .manifest import read_manifest
+    from .report import plot_sweep, summarize, sweep_markdown, table
+    from .runner import InProcessBackend, ResultStore, Sampling, ServerBackend, parse_budgets, run_eval
+
+    if args.concurrency < 1 or args.max_tokens < 1 or (args.limit is not None and args.limit < 1):
+        raise ValueError("--concurrency, --max-tokens and --limit must be at least 1")
+    budgets = parse_budgets(args.thinking_budgets)
+    items = read_manifest(args.manifest, args.layout, args.category_field)[:args.limit]
+    judge = _judge(args)
+    out = args.out or Path(f"eval_{args.manifest.stem}")
+    store = ResultStore(out / "results.jsonl")
+    if args.server:
+        backend = ServerBackend(args.server, args.served_model, args.api_key, args.timeout, args.retries)
+    else:
+        from ..default_model import model_dir_or_default
+
+        backend = InProcessBackend.from_dir(model_dir_or_default(args.model), args.dtype, args.device)
+    sampling = Sampling(args.max_tokens, args.temperature, args.top_p, args.repetition_penalty, args.seed)
+    wanted = {(item.id, b) for item in items for b in ("inf" if x is None else x for x in budgets)}
+    records = [r for r in run_eval(items, backend, store, budgets, sampling, args.concurrency, judge,
+                                   args.judge_all, not args.no_progress) if (r["id"], r["budget"]) in wanted]
+    rows = summarize(records)
+    title = f"{args.manifest.name}: accuracy against thinking budget"
+    plot = None
+    if len(budgets) > 1:
+        plot = plot_sweep(rows, out / PLOT_NAME, title)
+    report = sweep_markdown(rows, title, plot.name if plot else None) + "\n## Per category\n\n" + table(rows) + "\n"
+    (out / "report.md").write_text(report)
+    print(table(rows))
+    errors = sum(r.errors for r in rows if r.category == "overall")
+    if errors:
+        print(f"stepaudio eval: {errors} requests failed (see 'error' in {store.path}); rerun to retry them",
+              file=sys.stderr)
+    print(f"results: {store.path}  report: {out / 'report.md'}" + (f"  plot: {plot}" if plot else ""),
+          file=sys.stderr)
+
+
+def make_synthetic_command(args: argparse.Namespace) -> None:
+    from .synthetic import TASKS, make_synthetic
+
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else TASKS
+    manifest = make_synthetic(args.out, args.n_per_task, args.seed, tasks)
+    print(f"wrote {manifest}; run it with: stepaudio eval {manifest}")
