@@ -245,3 +245,29 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_sampling_fields_are_engine_fields():
     SamplingParams(**Sampling(top_p=0.9, repetition_penalty=1.07, seed=3).options())
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("CORRECT", True), ("correct.", True), ("INCORRECT", False), ("Incorrect: it says 4", False),
+    ("<think>is it correct? no</think>\nINCORRECT", False), ("I cannot tell", False), ("", False),
+])
+def test_judge_verdicts(text, ok):
+    from stepaudio.evaluation.judge import parse_verdict
+
+    assert parse_verdict(text) is ok
+
+
+def test_open_items_need_a_judge(bench, reference, tmp_path):  # noqa: F811
+    from stepaudio.evaluation.judge import Judge
+
+    manifest = _write_jsonl(tmp_path / "open.jsonl", [
+        {"id": "o", "audio": str(bench.parent / "audio" / "t0.wav"), "question": "Describe the sound.",
+         "answer": "a steady tone", "task": "open"}])
+    items, sampling = read_manifest(manifest), Sampling(max_tokens=6, temperature=0.0)
+    with pytest.raises(ValueError, match="pass --judge-url"):
+        run_eval(items, InProcessBackend(reference), ResultStore(tmp_path / "a.jsonl"), sampling=sampling,
+                 progress=False)
+    with running_server(reference) as url:  # the tiny model as the judge: a real request, a real (random) reply
+        judged = run_eval(items, InProcessBackend(reference), ResultStore(tmp_path / "b.jsonl"), sampling=sampling,
+                          judge=Judge(url + "/v1", MODEL), progress=False)
+    assert "error" not in judged[0] and judged[0]["scored_by"] in ("judge", "unanswered")

@@ -40,6 +40,10 @@ class Judge:
                    "messages": [{"role": "user", "content": _PROMPT.format(
                        question=question or "(the question was spoken in the audio)", gold=gold, answer=answer)}]}
         reply = post_json(f"{self.api_base.rstrip('/')}/chat/completions", payload, self.api_key, self.timeout)
-        text = reply["choices"][0]["message"].get("content") or ""
-        m = _VERDICT.search(text.upper())
-        return bool(m) and m.group(1) == "CORRECT"
+        return parse_verdict(reply["choices"][0]["message"].get("content") or "")
+
+
+def parse_verdict(text: str) -> bool:
+    """The judge's first CORRECT / INCORRECT word (after any thinking); neither counts as incorrect."""
+    m = _VERDICT.search(text.split("</think>")[-1].upper())
+    return bool(m) and m.group(1) == "CORRECT"

@@ -197,8 +197,7 @@ def score(item: EvalItem, reply: Reply, judge: Judge | None, judge_all: bool) ->
     if judge is not None and (judge_all or item.style == "open"):
         return judge.correct(item.question, item.answer, reply.answer), "judge"
     verdict = rule_correct(reply.answer, item)
-    if verdict is None:
-        raise RequestFailed(f"item {item.id!r} is open-ended: scoring it needs --judge-url")
+    assert verdict is not None, "open items are refused without a judge before the run"
     return verdict, "rule"
 
 
@@ -234,6 +233,10 @@ def run_eval(items: Sequence[EvalItem], backend: ServerBackend | InProcessBacken
              judge: Judge | None = None, judge_all: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Every (item, budget) not yet in `store`; returns the store's latest records."""
     sampling = sampling or Sampling()
+    open_ended = [item.id for item in items if item.style == "open"]
+    if open_ended and judge is None:
+        raise ValueError(f"{len(open_ended)} open-ended items (first: {open_ended[0]!r}) can only be scored by a "
+                         "judge: pass --judge-url")
     done = store.finished()
     todo = [(item, b) for b in budgets for item in items if (item.id, budget_key(b)) not in done]
     bar = tqdm(total=len(todo), desc="stepaudio eval", disable=not progress, file=sys.stderr)
