@@ -29,7 +29,7 @@ class SoundItem:
     reasoning: str
 
 
-def _tone(freq: float, seconds: float, level_db: float, wave: str, f_end: float | None = None) -> np.ndarray:
+def tone(freq: float, seconds: float, level_db: float, wave: str, f_end: float | None = None) -> np.ndarray:
     n = int(seconds * SAMPLE_RATE)
     f = np.full(n, freq) if f_end is None else np.geomspace(freq, f_end, n)
     phase = 2 * np.pi * np.cumsum(f) / SAMPLE_RATE
@@ -46,11 +46,11 @@ def _tone(freq: float, seconds: float, level_db: float, wave: str, f_end: float 
     return (x * env * 10 ** (level_db / 20)).astype(np.float32)
 
 
-def _silence(seconds: float) -> np.ndarray:
+def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * SAMPLE_RATE), np.float32)
 
 
-def _with_noise(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def with_noise(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A faint noise floor (-60 to -45 dB), always well below the quietest tone (-26 dB)."""
     return (wav + rng.standard_normal(len(wav)).astype(np.float32) * 10 ** (rng.uniform(-60, -45) / 20)).astype(
         np.float32)
@@ -64,12 +64,12 @@ def count_item(rng: np.random.Generator, heldout: bool = False, n: int | None = 
     (lo, hi), wave = _params(rng, heldout)
     n = int(rng.integers(1, 6)) if n is None else n
     freq, length = float(rng.uniform(lo, hi)), float(rng.uniform(0.1, 0.25))
-    parts, onsets = [_silence(rng.uniform(0.1, 0.4))], []
+    parts, onsets = [silence(rng.uniform(0.1, 0.4))], []
     t = len(parts[0]) / SAMPLE_RATE
     for _ in range(n):
         onsets.append(t)
         gap = float(rng.uniform(0.2, 0.45))
-        parts += [_tone(freq, length, -6, wave), _silence(gap)]
+        parts += [tone(freq, length, -6, wave), silence(gap)]
         t += length + gap
     times = ", ".join(f"{o:.1f} s" for o in onsets)
     question = str(rng.choice(["How many beeps do you hear?", "Count the beeps in this clip.",
@@ -77,13 +77,13 @@ def count_item(rng: np.random.Generator, heldout: bool = False, n: int | None = 
                               ["How many times does the tone sound?", "What is the number of beeps here?"]))
     reasoning = (f"I listen for separate tones. There is a {freq:.0f} Hz beep, each about {length:.2f} s long, "
                  f"starting at {times}. That is {n} beep{'s' if n > 1 else ''} in total.")
-    return SoundItem("count", _with_noise(np.concatenate(parts), rng), question, str(n),
+    return SoundItem("count", with_noise(np.concatenate(parts), rng), question, str(n),
                      (str(n), _NUMBER_WORDS[n]), reasoning)
 
 
 def _pair(rng: np.random.Generator, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    return _with_noise(np.concatenate([_silence(rng.uniform(0.1, 0.3)), first, _silence(rng.uniform(0.3, 0.6)),
-                                       second, _silence(0.2)]), rng)
+    return with_noise(np.concatenate([silence(rng.uniform(0.1, 0.3)), first, silence(rng.uniform(0.3, 0.6)),
+                                       second, silence(0.2)]), rng)
 
 
 def _ordinal_answer(first_wins: bool) -> tuple[str, tuple[str, ...]]:
@@ -109,7 +109,7 @@ def higher_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
                         "Is the first or the second tone higher in pitch?"),
                        ("Of the two tones, which has the higher pitch: first or second?",)),
                       f"There are two tones. The first is about {f1:.0f} Hz and the second about {f2:.0f} Hz, "
-                      "so {answer} tone is higher.", _tone(f1, 0.5, -6, wave), _tone(f2, 0.5, -6, wave))
+                      "so {answer} tone is higher.", tone(f1, 0.5, -6, wave), tone(f2, 0.5, -6, wave))
 
 
 def louder_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
@@ -121,7 +121,7 @@ def louder_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
                       (("Which sound is louder, the first or the second?", "Is the first or the second tone louder?"),
                        ("Which of the two tones has more volume: first or second?",)),
                       f"Both tones are about {freq:.0f} Hz. The first peaks near {l1:.0f} dB and the second near "
-                      f"{l2:.0f} dB, so {{answer}} is louder.", _tone(freq, 0.5, l1, wave), _tone(freq, 0.5, l2, wave))
+                      f"{l2:.0f} dB, so {{answer}} is louder.", tone(freq, 0.5, l1, wave), tone(freq, 0.5, l2, wave))
 
 
 def longer_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
@@ -134,7 +134,7 @@ def longer_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
                       (("Which tone lasts longer, the first or the second?", "Is the first or the second tone longer?"),
                        ("Which tone has the longer duration: first or second?",)),
                       f"The first tone lasts about {d1:.1f} s and the second about {d2:.1f} s, "
-                      "so {answer} one is longer.", _tone(freq, d1, -6, wave), _tone(freq, d2, -6, wave))
+                      "so {answer} one is longer.", tone(freq, d1, -6, wave), tone(freq, d2, -6, wave))
 
 
 def direction_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem:
@@ -149,7 +149,7 @@ def direction_item(rng: np.random.Generator, heldout: bool = False) -> SoundItem
     accept = ("rising", "rises", "up") if rising else ("falling", "falls", "down")
     reasoning = (f"I hear one sweep of {seconds:.1f} s that starts near {f_start:.0f} Hz and ends near "
                  f"{f_end:.0f} Hz, so the pitch is {answer}.")
-    wav = _with_noise(np.concatenate([_silence(0.2), _tone(f_start, seconds, -6, wave, f_end), _silence(0.2)]), rng)
+    wav = with_noise(np.concatenate([silence(0.2), tone(f_start, seconds, -6, wave, f_end), silence(0.2)]), rng)
     return SoundItem("direction", wav, question, answer, accept, reasoning)
 
 
