@@ -271,3 +271,16 @@ def test_open_items_need_a_judge(bench, reference, tmp_path):  # noqa: F811
         judged = run_eval(items, InProcessBackend(reference), ResultStore(tmp_path / "b.jsonl"), sampling=sampling,
                           judge=Judge(url + "/v1", MODEL), progress=False)
     assert "error" not in judged[0] and judged[0]["scored_by"] in ("judge", "unanswered")
+
+
+@pytest.mark.parametrize(("reasoning", "content", "finish", "off", "expected"), [
+    ("", "hmm A or B\n</think>\n\nB", "stop", False, ("hmm A or B", "B")),       # raw content (upstream style)
+    ("hmm A or B\n", "\nB", "stop", False, ("hmm A or B", "B")),                 # split by a reasoning parser
+    ("hmm A or B", "", "length", False, ("hmm A or B", None)),                   # cut inside the think block
+    ("", "hmm A or", "length", False, ("hmm A or", None)),
+    ("", "B", "stop", True, ("", "B")),                                          # thinking off: all answer
+])
+def test_replies_split_into_reasoning_and_answer(reasoning, content, finish, off, expected):
+    from stepaudio.evaluation.runner import reply_from_text
+
+    assert reply_from_text(reasoning, content, finish, off) == expected

@@ -15,7 +15,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                        description="stepaudio eval MANIFEST [options] runs an evaluation (the 'run' word is "
                                    "optional); stepaudio eval make-synthetic --out DIR writes an offline benchmark. "
                                    "See docs/EVALUATION.md.")
-    steps = p.add_subparsers(dest="eval_command", required=True)
+    steps = p.add_subparsers(dest="eval_command", required=True, metavar="{MANIFEST,make-synthetic}")
     r = steps.add_parser("run", help="evaluate MANIFEST (the default subcommand)")
     r.add_argument("manifest", type=Path, help="JSONL/JSON manifest; audio paths are relative to its folder")
     r.add_argument("--layout", default="auto", help="auto, jsonl, mmau, mmar, bba or spoken-mqa")

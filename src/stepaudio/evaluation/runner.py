@@ -83,9 +83,13 @@ def _budget_fields(budget: Budget) -> dict[str, Any]:
 
 
 def reply_from_text(reasoning: str, content: str, finish_reason: str | None, thinking_off: bool) -> tuple[str, str | None]:
-    """(reasoning, answer) from a reply whose reasoning may or may not have been split off by the server."""
-    if reasoning or thinking_off:
+    """(reasoning, answer) from a reply whose reasoning may or may not have been split off already; the answer
+    is None when the think block never closed (the length limit hit inside it)."""
+    if thinking_off:
         return reasoning.strip(), content.strip()
+    if reasoning:
+        unanswered = not content.strip() and finish_reason == "length"
+        return reasoning.strip(), None if unanswered else content.strip()
     return split_reasoning(content)
 
 
@@ -116,11 +120,11 @@ class ServerBackend:
                                             budget == 0)
         completion = int(usage.get("completion_tokens") or 0)
         counted = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
-        if counted is None:  # a server that does not count them: share the tokens by characters
+        estimated = counted is None
+        if estimated:  # a server that does not count them: share the tokens by characters
             total = len(reasoning) + len(answer or "")
             counted = round(completion * len(reasoning) / total) if total else 0
-        return Reply(reasoning, answer, int(counted), completion, latency, choice.get("finish_reason"),
-                     (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") is None)
+        return Reply(reasoning, answer, int(counted), completion, latency, choice.get("finish_reason"), estimated)
 
 
 class InProcessBackend:
@@ -146,8 +150,6 @@ class InProcessBackend:
         for result in results:
             c = result.completions[0]
             reasoning, answer = reply_from_text(c.reasoning, c.content, c.finish_reason, budget == 0)
-            if not c.content and c.finish_reason == "length" and budget != 0:
-                answer = None
             replies.append(Reply(reasoning, answer, c.reasoning_tokens, c.completion_tokens, c.latency_s,
                                  c.finish_reason))
         return replies
