@@ -12,7 +12,8 @@ so a benchmark folder can be moved as a whole. Layouts, as the benchmarks publis
 - `bba`: JSONL of {"id", "category", "official_answer", "file_name"} (Big Bench Audio metadata.jsonl);
   the question is the audio itself.
 - `spoken-mqa`: JSON or JSONL rows with an audio path ("audio", "audio_path", "path" or "file_name"), the
-  numeric "answer", and "category" (or "subset"/"type"); [I]: the dataset ships as parquet, so this
+  numeric "answer", and "category" (or "subset", "split", "type"; the dataset's splits are short_digit,
+  long_digit, single_step_reasoning, multi_step_reasoning); [I]: it ships as parquet on the hub, so this
   reads a JSON export of it.
 """
 
@@ -111,7 +112,7 @@ def _bba(record: dict[str, Any], folder: Path) -> EvalItem:
 
 def _spoken_mqa(record: dict[str, Any], folder: Path) -> EvalItem:
     audio = str(_need(record, "audio", "audio_path", "path", "file_name"))
-    category = record.get("category") or record.get("subset") or record.get("type") or "all"
+    category = next((record[k] for k in ("category", "subset", "split", "type") if record.get(k)), "all")
     # The question's text is the transcript of the audio: it stays in `meta`, the prompt is the instruction.
     return EvalItem(str(record.get("id", record.get("question_id", ""))) or audio, (_resolve(folder, audio),),
                     "", str(_need(record, "answer")), (), str(category), "math", dict(record))
