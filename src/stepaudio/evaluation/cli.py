@@ -95,7 +95,7 @@ def run_eval_command(args: argparse.Namespace) -> None:
     records = [r for r in run_eval(items, backend, store, budgets, sampling, args.concurrency, judge,
                                    args.judge_all, not args.no_progress) if (r["id"], r["budget"]) in wanted]
     rows = summarize(records)
-    title = f"{args.manifest.name}: accuracy against thinking budget"
+    title = f"{args.manifest.parent.name}/{args.manifest.name}: accuracy against thinking budget"
     plot = None
     if len(budgets) > 1:
         plot = plot_sweep(rows, out / PLOT_NAME, title)
