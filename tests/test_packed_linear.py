@@ -9,7 +9,7 @@ from torch import nn
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from stepaudio.engine.engine import EngineConfig, LLMEngine
 from stepaudio.model.loader import load_model
-from stepaudio.model.packed_linear import PackedLinear, is_packed, pack_decoder
+from stepaudio.model.packed_linear import PackedLinear, can_pack, is_packed, pack_decoder
 from stepaudio.text.tokenizer import StepTokenizer
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (mkldnn)")
@@ -20,6 +20,8 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 def test_packed_linear_matches_nn_linear(dtype, tol, bias):
     torch.manual_seed(0)
     linear = nn.Linear(96, 200, bias=bias).to(dtype)
+    if not can_pack(linear.weight):
+        pytest.skip("oneDNN has no bf16 kernels for this CPU (needs AVX-512 BF16 or AVX-NE-CONVERT)")
     x = torch.randn(3, 5, 96, dtype=dtype)
     with torch.inference_mode():
         expected = linear(x)
@@ -51,3 +53,16 @@ def test_engine_packs_on_cpu_and_refuses_to_compile_a_packed_model(tiny_dir):
     unpacked = load_model(tiny_dir, dtype="float32")
     LLMEngine(unpacked, tokenizer, EngineConfig(num_kv_blocks=8, pack_weights=False))
     assert not is_packed(unpacked)
+
+
+def test_bf16_weights_are_packed_only_where_onednn_has_bf16_kernels(tiny_dir):
+    """Packing bf16 on a CPU without bf16 kernels raises inside oneDNN; such CPUs keep nn.Linear."""
+    model = load_model(tiny_dir, dtype="bfloat16")
+    reference = load_model(tiny_dir, dtype="bfloat16")
+    supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert (pack_decoder(model) > 0) == supported
+    ids = torch.randint(0, 400, (1, 9), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(9)[None]
+    with torch.inference_mode():
+        diff = model.compute_logits(model(ids, positions)) - reference.compute_logits(reference(ids, positions))
+    assert diff.abs().max() == 0.0

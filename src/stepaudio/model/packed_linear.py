@@ -30,7 +30,11 @@ class PackedLinear(nn.Module):
 
 
 def can_pack(weight: torch.Tensor) -> bool:
-    return weight.device.type == "cpu" and weight.dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available()
+    """CPU weights in fp32, or in bf16 where oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or
+    AVX-NE-CONVERT; without them the reorder raises, so such weights stay plain nn.Linear)."""
+    if weight.device.type != "cpu" or weight.dtype not in PACKABLE_DTYPES or not torch.backends.mkldnn.is_available():
+        return False
+    return weight.dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def pack_linears(module: nn.Module, skip: tuple[str, ...] = ()) -> int:
