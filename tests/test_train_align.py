@@ -102,3 +102,20 @@ def test_ctc_warmup_teaches_the_adaptor_on_cached_features():
     assert history[-1] < 0.8 * history[0], history
     assert not torch.equal(before["linear2.weight"], model.adapter.linear2.weight)
     assert torch.equal(model.model.embed_tokens.weight, torch.as_tensor(assembly.state["model.embed_tokens.weight"]))
+
+
+def test_a_run_can_start_from_an_earlier_delta(tmp_path):
+    import pytest
+
+    from stepaudio.train.align import AlignModel
+
+    earlier = _run(_config(tmp_path / "a", steps=2, lr_lora=3e-2))
+    tensors, _ = read_delta(earlier)
+    aligner = AlignModel(_assembly(), _config(tmp_path / "b", steps=2, init_delta=earlier))
+    started = aligner.delta()
+    lora_keys = [k for k in tensors if ".lora_B" in k]
+    assert lora_keys and all(torch.equal(started[k], tensors[k]) for k in lora_keys)
+    assert any(tensors[k].abs().sum() > 0 for k in lora_keys)  # a fresh LoRA B is zero: this one was loaded
+    with pytest.raises(ValueError, match="LoRA rank 2"):
+        AlignModel(_assembly(), AlignConfig(out=tmp_path / "c", lora_rank=4, init_delta=earlier,
+                                            adapter_hidden=_assembly().config.audio.adapter_hidden))

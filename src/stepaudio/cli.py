@@ -241,6 +241,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--seed", type=int)
     a.add_argument("--save-every", type=int, help="steps between resumable checkpoints")
     a.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    a.add_argument("--init-delta", type=Path,
+                   help="start from this delta's adaptor and LoRA (e.g. the committed one) instead of from scratch")
     a.set_defaults(func=_run_train_align)
     e = steps.add_parser("evaluate", help="held-out report: speech vs text accuracy, repeat WER, sound tasks, speed")
     e.add_argument("--model", type=Path, help="model folder (default: the built-in default model)")
@@ -257,12 +259,14 @@ def _run_train_align(args: argparse.Namespace) -> None:
 
     options = ("steps", "ctc_clips", "ctc_epochs", "listening_drill_steps", "generated_questions",
                "generated_sentences", "arithmetic_questions", "batch_size", "lr_adapter", "lr_lora", "lora_rank",
-               "seed", "save_every", "threads")
+               "seed", "save_every", "threads", "init_delta")
     given = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
     if given.get("steps", 1) < 1 or given.get("batch_size", 1) < 1:
         raise ValueError("--steps and --batch-size must be at least 1")
     if any(given.get(name, 0) < 0 for name in options[1:7]):
         raise ValueError("counts of clips, epochs, steps and generated texts cannot be negative")
+    if args.init_delta is not None and not args.init_delta.is_file():
+        raise ValueError(f"--init-delta {args.init_delta}: no such file")
     if "lora_rank" in given:
         given["lora_alpha"] = 2.0 * given["lora_rank"]
     cfg = AlignConfig(out=args.out, **given)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..default_model.assemble import ADAPTER_HIDDEN, DELTA_FORMAT, Assembly, load_base, write_assembly
+from ..default_model.assemble import ADAPTER_HIDDEN, DELTA_FORMAT, Assembly, load_base, read_delta, write_assembly
 from ..inputs import prepare_chat
 from ..model.lora import attach_lora, lora_tensors
 from ..model.step_audio import StepAudioForCausalLM
@@ -55,6 +55,9 @@ class AlignConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     adapter_hidden: int = ADAPTER_HIDDEN
+    # Start from an earlier delta (its adaptor before the CTC warm-up, its LoRA pairs before the decoder
+    # stage) instead of from scratch: a longer recipe can build on a committed model.
+    init_delta: Path | None = None
     seed: int = 0
     save_every: int = 25
     threads: int | None = None
@@ -95,6 +98,11 @@ class AlignModel:
         model.lm_head.to(torch.bfloat16)
         model.adapter.requires_grad_(True)
         self.lora = attach_lora(model, cfg.lora_rank, cfg.lora_alpha)
+        if cfg.init_delta is not None:
+            pairs = {k: v.float() for k, v in read_delta_checked(cfg).items() if ".lora_" in k}
+            unknown = model.load_state_dict(pairs, strict=False).unexpected_keys
+            if unknown:
+                raise ValueError(f"{cfg.init_delta} has LoRA pairs this model lacks, e.g. {unknown[0]}")
         self.model = model
         self.cfg = cfg
 
@@ -135,6 +143,15 @@ class AlignModel:
                 "adapter_hidden": str(self.cfg.adapter_hidden)}
 
 
+def read_delta_checked(cfg: AlignConfig) -> dict[str, torch.Tensor]:
+    """`cfg.init_delta`'s tensors, refused when its LoRA rank or adaptor width differ from `cfg`'s."""
+    tensors, metadata = read_delta(cfg.init_delta)
+    if int(metadata["lora_rank"]) != cfg.lora_rank or int(metadata["adapter_hidden"]) != cfg.adapter_hidden:
+        raise ValueError(f"{cfg.init_delta} has LoRA rank {metadata['lora_rank']} and adaptor width "
+                         f"{metadata['adapter_hidden']}; this run uses {cfg.lora_rank} and {cfg.adapter_hidden}")
+    return tensors
+
+
 def lr_factor(step: int, cfg: AlignConfig) -> float:
     """Linear warm-up, then cosine decay to 10 %."""
     if step < cfg.warmup:
@@ -161,6 +178,8 @@ def prepare_run(cfg: AlignConfig, progress: bool = True) -> tuple[Assembly, Step
     (cfg.out / "config.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
                                                      for k, v in asdict(cfg).items()}, indent=2) + "\n")
     assembly = load_base(progress, adapter_hidden=cfg.adapter_hidden, adapter_seed=cfg.seed)
+    if cfg.init_delta is not None:
+        assembly.state.update({k: v.float() for k, v in read_delta_checked(cfg).items() if k.startswith("adapter.")})
     base_dir = cfg.out / "base"
     if not (base_dir / "config.json").is_file():  # the distillation teacher: the decoder as it ships
         write_assembly(assembly, base_dir)
