@@ -23,7 +23,7 @@ from stepaudio.cli import main
 from stepaudio.config import load_config
 from stepaudio.default_model import DEFAULT_MODEL_NAME, model_dir_or_default
 from stepaudio.default_model.assemble import DELTA_PATH, default_model_dir, ensure_default_model
-from stepaudio.default_model.packages import PackagedFile, PackageError, verified_paths
+from stepaudio.default_model.packages import WHISPER_BASE_PARTS, PackagedFile, PackageError, verified_paths
 from stepaudio.engine.llm import LLM
 from stepaudio.engine.sampling import SamplingParams
 from stepaudio.text.tokenizer import StepTokenizer
@@ -131,3 +131,16 @@ def test_serve_without_a_model_serves_the_default_one(default_dir, tmp_path):
         message = got.choices[0].message
         assert "Paris" in message.content and getattr(message, "reasoning_content", None)
     assert str(default_dir) in log.read_text()
+
+
+def test_whisper_reference_transcribes_with_the_pinned_whisper_base(cache):
+    """The cascade reference of `train evaluate`: Whisper-base's own decoder, from the same package."""
+    from stepaudio.train.evaluate import word_errors
+    from stepaudio.train.whisper_reference import WhisperTranscriber, whisper_model_dir
+
+    text = "What is the capital of France?"
+    heard = WhisperTranscriber(threads=2).transcribe(speak(text, Voice("piper", "joe")))
+    errors, words = word_errors(heard, text)
+    assert errors <= 1, heard
+    joined = whisper_model_dir() / "model.bin"
+    assert joined.parent.parent == cache and joined.stat().st_size == sum(p.size for p in WHISPER_BASE_PARTS)

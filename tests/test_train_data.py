@@ -12,8 +12,8 @@ from stepaudio.train.evaluate import heldout_questions, word_errors
 from stepaudio.train.examples import Example, ExampleSampler, sound_example, training_questions
 from stepaudio.train.questions import answer_is_correct, question_pool
 from stepaudio.train.sounds import SAMPLE_RATE, TASKS, count_item, random_sound_item
-from stepaudio.train.speech import (HELDOUT_ESPEAK_VOICES, TRAIN_ESPEAK_VOICES, Voice, add_noise, augment,
-                                    random_voice, speak)
+from stepaudio.train.speech import (CLEAR_HELDOUT_ESPEAK_VOICES, HELDOUT_ESPEAK_VOICES, TRAIN_ESPEAK_VOICES, Voice,
+                                    add_noise, augment, random_voice, speak)
 from stepaudio.train.targets import THINK_CLOSE, Target, repeat_target
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 
@@ -58,10 +58,13 @@ def test_voice_pools_are_disjoint_and_speech_is_real_audio():
     def parts(voices, i):
         return {v.split("+")[i].lower() for v in voices}
     # neither the accent nor the variant of a held-out voice is ever heard in training
-    assert not parts(TRAIN_ESPEAK_VOICES, 0) & parts(HELDOUT_ESPEAK_VOICES, 0)
-    assert not parts(TRAIN_ESPEAK_VOICES, 1) & parts(HELDOUT_ESPEAK_VOICES, 1)
+    for heldout in (HELDOUT_ESPEAK_VOICES, CLEAR_HELDOUT_ESPEAK_VOICES):
+        assert not parts(TRAIN_ESPEAK_VOICES, 0) & parts(heldout, 0)
+        assert not parts(TRAIN_ESPEAK_VOICES, 1) & parts(heldout, 1)
     rng = np.random.default_rng(0)
     assert all(random_voice(rng, heldout=True).name in HELDOUT_ESPEAK_VOICES for _ in range(20))
+    assert all(random_voice(rng, heldout=True, heldout_pool=CLEAR_HELDOUT_ESPEAK_VOICES).name
+               in CLEAR_HELDOUT_ESPEAK_VOICES for _ in range(20))
     wav = speak("What is the capital of France?", Voice("espeak", "en-us+m1"))
     assert wav.dtype == np.float32 and 1.0 < len(wav) / SAMPLE_RATE < 4.0 and np.abs(wav).max() > 0.1
     slow = speak("What is the capital of France?", Voice("espeak", "en-us+m1", speed=0.7))
@@ -189,3 +192,18 @@ def test_written_texts_are_generated_once_and_read_back(tiny_dir, tmp_path):
 
     texts = load_or_generate(path, no_decoder, ["apple"], n_questions=1, n_sentences=1, seed=0, progress=False)
     assert texts == {"questions": ["Why is the sea salty?"], "sentences": ["I like tea."]}
+
+
+def test_report_summary_puts_speech_next_to_text_and_the_whisper_cascade():
+    from stepaudio.train.evaluate import Report, summarise
+
+    def rows(correct, **extra):
+        return [{"correct": c, **extra} for c in correct]
+
+    report = Report(items={"text_after": rows([1, 1, 1, 1]), "speech": rows([1, 0, 0, 0]),
+                           "speech_clear": rows([1, 1, 0, 0]),
+                           "cascade_speech": rows([1, 1, 1, 0], whisper_errors=1, words=4)})
+    s = summarise(report)
+    assert s["speech_over_text"] == 0.25 and s["speech_clear_over_text"] == 0.5
+    assert s["cascade_speech_accuracy"] == 0.75 and s["whisper_wer_speech"] == 0.25
+    assert "whisper_wer_speech_clear" not in s

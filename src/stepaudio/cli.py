@@ -251,6 +251,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", type=Path, default=Path("default_model_eval.json"), help="per-item results")
     e.add_argument("--seed", type=int, default=1)
     e.add_argument("--sound-items", type=int, default=20, help="held-out items per sound task")
+    e.add_argument("--no-whisper-reference", dest="whisper_reference", action="store_false",
+                   help="skip the cascade reference (the decoder given Whisper-base's own transcripts; "
+                        "needs ctranslate2)")
     e.set_defaults(func=_run_train_evaluate)
 
 
@@ -281,7 +284,8 @@ def _run_train_evaluate(args: argparse.Namespace) -> None:
 
     model = model_dir_or_default(args.model)
     base = args.base_model or ensure_default_model(delta=None)
-    report = evaluate(model, base, seed=args.seed, sound_items=args.sound_items)
+    report = evaluate(model, base, seed=args.seed, sound_items=args.sound_items,
+                      whisper_reference=args.whisper_reference)
     write_report(report, args.json)
     print(markdown(report))
     print(f"per-item results: {args.json}", file=sys.stderr)

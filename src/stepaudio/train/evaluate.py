@@ -1,7 +1,9 @@
 """The default model's report: held-out listening accuracy vs text, repeat WER, sound tasks, speed.
 
 Everything here is generated with voices, phrasings, entities and tone parameters that training never
-used (see `questions`, `speech` and `sounds`). Scoring reads only the answer after `</think>`.
+used (see `questions`, `speech` and `sounds`). Scoring reads only the answer after `</think>`. Spoken
+questions come in two held-out voice pools, and next to each the decoder is given Whisper-base's own
+transcript of the same clips (see `whisper_reference`): what this encoder lets a trained decoder hear.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..engine.llm import LLM
 from ..engine.sampling import SamplingParams
 from .questions import HELDOUT_REPEAT_SENTENCES, Question, answer_is_correct, arithmetic_question, question_pool
 from .sounds import CHANCE, TASKS, random_sound_item
-from .speech import random_voice, speak
+from .speech import CLEAR_HELDOUT_ESPEAK_VOICES, random_voice, speak
 
 # Held-out instruction for "repeat what was said" (training used other phrasings).
 REPEAT_PROMPT = "Say back exactly the words you heard."
@@ -91,18 +93,39 @@ def _accuracy(rows: list[dict]) -> float:
     return float(np.mean([r["correct"] for r in rows])) if rows else float("nan")
 
 
-def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items: int = 20) -> Report:
+def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items: int = 20,
+             whisper_reference: bool = True) -> Report:
+    """The held-out report; with `whisper_reference`, also the decoder given Whisper-base's transcripts."""
     rng = np.random.default_rng(seed)
     report = Report()
     questions = heldout_questions(seed)
-    spoken = [speak(q.text, random_voice(rng, heldout=True)) for q in questions]
+    spoken = {"speech": [speak(q.text, random_voice(rng, heldout=True)) for q in questions]}
+    clear_rng = np.random.default_rng([seed, 2])  # its own stream: the items above stay as they were
+    spoken["speech_clear"] = [speak(q.text, random_voice(clear_rng, heldout=True,
+                                                         heldout_pool=CLEAR_HELDOUT_ESPEAK_VOICES))
+                              for q in questions]
+    heard: dict[str, list[str]] = {}
+    if whisper_reference:
+        from .whisper_reference import WhisperTranscriber
+
+        whisper = WhisperTranscriber()
+        heard = {key: whisper.transcribe_all(wavs, f"whisper-base, {key}") for key, wavs in spoken.items()}
+        del whisper
     if base_dir is not None:
         base = LLM(base_dir)
         report.items["text_before"] = _score_questions(base, questions, None, "base model, text")
         del base
     llm = LLM(model_dir)
     report.items["text_after"] = _score_questions(llm, questions, None, "trained, text")
-    report.items["speech"] = _score_questions(llm, questions, spoken, "trained, speech")
+    for key, wavs in spoken.items():
+        report.items[key] = _score_questions(llm, questions, wavs, f"trained, {key}")
+    for key, transcripts in heard.items():
+        typed = [Question(q.kind, text, q.accept) for q, text in zip(questions, transcripts)]
+        rows = _score_questions(llm, typed, None, f"trained, whisper transcript of {key}")
+        for row, q in zip(rows, questions):
+            row["whisper_errors"], row["words"] = word_errors(row["question"], q.text)
+            row["question"], row["whisper_transcript"] = q.text, row["question"]
+        report.items[f"cascade_{key}"] = rows
     repeats = [(text, speak(text, random_voice(rng, heldout=True))) for text in HELDOUT_REPEAT_SENTENCES]
     repeats += [(ref, load_audio(path)) for path, ref in audioeval_clips()]
     answers = _answers(llm, [[{"role": "user", "content": [_audio_part(w), {"type": "text", "text": REPEAT_PROMPT}]}]
@@ -123,11 +146,15 @@ def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items:
 
 def summarise(report: Report) -> dict[str, float]:
     s: dict[str, float] = {}
-    for key in ("text_before", "text_after", "speech"):
+    for key in ("text_before", "text_after", "speech", "speech_clear", "cascade_speech", "cascade_speech_clear"):
         if key in report.items:
             s[f"{key}_accuracy"] = _accuracy(report.items[key])
-    if "speech" in report.items and s.get("text_after_accuracy"):
-        s["speech_over_text"] = s["speech_accuracy"] / s["text_after_accuracy"]
+    for key in ("speech", "speech_clear"):
+        if key in report.items and s.get("text_after_accuracy"):
+            s[f"{key}_over_text"] = s[f"{key}_accuracy"] / s["text_after_accuracy"]
+        rows = report.items.get(f"cascade_{key}")
+        if rows:
+            s[f"whisper_wer_{key}"] = sum(r["whisper_errors"] for r in rows) / sum(r["words"] for r in rows)
     for source in ("espeak-heldout", "audioeval"):
         rows = [r for r in report.items.get("repeat", []) if r["source"] == source]
         if rows:
