@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,17 +144,14 @@ def assemble(delta: Path | None = DELTA_PATH, progress: bool = True) -> Assembly
     return assembly
 
 
-def write_assembly(assembly: Assembly, out_dir: Path, dtype: torch.dtype = torch.bfloat16,
-                   provenance: dict | None = None) -> Path:
-    """Write the checkpoint folder atomically (a partial folder is never left under `out_dir`)."""
+def write_folder_atomically(out_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """`fill` a temporary sibling folder, then rename it to `out_dir`: a partial folder is never left there,
+    and when another process finished first, its folder is kept."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        state = {k: v.to(dtype) for k, v in assembly.state.items()}
-        save_checkpoint(state, assembly.config, tmp)
-        assembly.tokenizer.save(str(tmp / "tokenizer.json"))
-        (tmp / "stepaudio_assembly.json").write_text(json.dumps(provenance or {}, indent=2) + "\n")
-        if out_dir.exists():  # another process finished first; keep theirs
+        fill(tmp)
+        if out_dir.exists():
             shutil.rmtree(tmp)
         else:
             tmp.rename(out_dir)
@@ -161,6 +159,18 @@ def write_assembly(assembly: Assembly, out_dir: Path, dtype: torch.dtype = torch
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def write_assembly(assembly: Assembly, out_dir: Path, dtype: torch.dtype = torch.bfloat16,
+                   provenance: dict | None = None) -> Path:
+    """Write the checkpoint folder atomically (a partial folder is never left under `out_dir`)."""
+    def fill(tmp: Path) -> None:
+        state = {k: v.to(dtype) for k, v in assembly.state.items()}
+        save_checkpoint(state, assembly.config, tmp)
+        assembly.tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "stepaudio_assembly.json").write_text(json.dumps(provenance or {}, indent=2) + "\n")
+
+    return write_folder_atomically(out_dir, fill)
 
 
 def cache_root() -> Path:

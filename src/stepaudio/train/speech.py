@@ -1,8 +1,9 @@
 """Spoken audio for training and evaluation: piper (neural, bundled voice) and espeak-ng (many voices).
 
 Voices are split: training uses `TRAIN_ESPEAK_VOICES` and piper; the held-out sets use only
-`HELDOUT_ESPEAK_VOICES` and `CLEAR_HELDOUT_ESPEAK_VOICES`, whose accents and variants training never hears. Augmentation adds noise,
-reverberation and gain so the adaptor does not learn one clean recording chain.
+`HELDOUT_ESPEAK_VOICES` and `CLEAR_HELDOUT_ESPEAK_VOICES`, whose accents and variants training never
+hears. Augmentation adds noise, reverberation and gain so the adaptor does not learn one clean recording
+chain.
 """
 
 from __future__ import annotations

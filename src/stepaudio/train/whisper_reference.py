@@ -8,16 +8,14 @@ text (a cascade) and reports that next to the spoken accuracy: the ceiling this 
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..audio.features import log_mel_spectrogram
-from ..default_model.assemble import cache_root
+from ..default_model.assemble import cache_root, write_folder_atomically
 from ..default_model.packages import WHISPER_BASE_PARTS, PackageError, verified_paths
 
 _FRAMES = 3000  # Whisper decodes 30 s windows of 100 Hz mel frames
@@ -31,16 +29,16 @@ def whisper_model_dir() -> Path:
     if (out / "model.bin").is_file():
         return out
     parts = verified_paths(WHISPER_BASE_PARTS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".whisper-"))
-    with open(tmp / "model.bin", "wb") as joined:
-        for part in parts:
-            with open(part, "rb") as f:
-                shutil.copyfileobj(f, joined)
-    for name in _SIDE_FILES:
-        shutil.copy(parts[0].parent / name, tmp / name)
-    os.replace(tmp, out)
-    return out
+
+    def fill(tmp: Path) -> None:
+        with open(tmp / "model.bin", "wb") as joined:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, joined)
+        for name in _SIDE_FILES:
+            shutil.copy(parts[0].parent / name, tmp / name)
+
+    return write_folder_atomically(out, fill)
 
 
 class WhisperTranscriber:
