@@ -2,8 +2,11 @@
 # Install stepaudio into ./.venv. Safe to run again: it only adds what is missing.
 #   bash scripts/setup.sh         runtime (CLI, model core, server, web demo)
 #   bash scripts/setup.sh --dev   plus what the tests and `stepaudio train` need (pytest, transformers
-#                                 as a numerical reference, ffmpeg, espeak-ng and piper to make audio,
-#                                 Debian's chromium driven by playwright for the web demo's browser tests)
+#                                 as a numerical reference, ffmpeg, the speech engines that make training
+#                                 and evaluation audio: espeak-ng, MBROLA, flite, SVOX Pico, RHVoice, piper,
+#                                 hibari; Debian's chromium driven by playwright for the browser tests).
+#                                 Pico, RHVoice and MBROLA are in Debian's contrib/non-free components,
+#                                 which this enables in the machine's Debian apt sources when needed.
 # torch is pinned to the CPU wheel (torch==2.13.0); GPU users set STEPAUDIO_TORCH, e.g.
 #   STEPAUDIO_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
 set -euo pipefail
@@ -15,14 +18,30 @@ python=${PYTHON:-python3}
 
 apt_packages=()
 "$python" -c "import ensurepip" 2>/dev/null || apt_packages+=(python3-venv)
-if [ "$dev" = 1 ]; then apt_packages+=(ffmpeg espeak-ng chromium); fi
+speech_engines=(espeak-ng flite libttspico-utils rhvoice rhvoice-english mbrola mbrola-us1 mbrola-us2 mbrola-us3
+                mbrola-en1)
+if [ "$dev" = 1 ]; then apt_packages+=(ffmpeg chromium "${speech_engines[@]}"); fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+sudo=""
+[ "$(id -u)" = 0 ] || sudo=sudo
+enable_contrib_non_free() {
+  # deb822 files: "Components: main" -> "Components: main contrib non-free"; one-line lists: "deb URI suite main".
+  for f in /etc/apt/sources.list.d/*.sources; do
+    if [ -f "$f" ] && grep -q '^URIs:.*debian' "$f"; then
+      $sudo sed -i -E '/^Components:/{/contrib/!s/ main( |$)/ main contrib non-free\1/}' "$f"
+    fi
+  done
+  if [ -f /etc/apt/sources.list ]; then
+    $sudo sed -i -E '/^deb .*debian/{/contrib/!s/ main( |$)/ main contrib non-free\1/}' /etc/apt/sources.list
+  fi
+}
 if [ "${#missing[@]}" -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
+  case " ${missing[*]} " in
+    *" libttspico-utils "*|*" rhvoice"*|*" mbrola"*) enable_contrib_non_free ;;
+  esac
   echo "setup: apt-get install ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

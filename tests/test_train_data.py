@@ -9,11 +9,12 @@ from stepaudio.text.tiny_tokenizer import build_tiny_tokenizer
 from stepaudio.text.tokenizer import StepTokenizer
 from stepaudio.train.align import build_batch
 from stepaudio.train.evaluate import heldout_questions, word_errors
-from stepaudio.train.examples import Example, ExampleSampler, sound_example, training_questions
+from stepaudio.train.examples import MIX, Example, ExampleSampler, sound_example, training_questions
 from stepaudio.train.questions import answer_is_correct, question_pool
 from stepaudio.train.sounds import SAMPLE_RATE, TASKS, count_item, random_sound_item
-from stepaudio.train.speech import (CLEAR_HELDOUT_ESPEAK_VOICES, HELDOUT_ESPEAK_VOICES, TRAIN_ESPEAK_VOICES, Voice,
-                                    add_noise, augment, random_voice, speak)
+from stepaudio.train.speech import (CLEAR_HELDOUT_ESPEAK_VOICES, FAMILIES, HELDOUT_ESPEAK_VOICES, HELDOUT_FAMILIES,
+                                    NATURAL_HELDOUT_FAMILIES, TRAIN_ESPEAK_VOICES, TRAIN_FAMILY_SHARES,
+                                    SynthesisError, Voice, add_noise, augment, random_voice, speak)
 from stepaudio.train.targets import THINK_CLOSE, Target, repeat_target
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 
@@ -61,10 +62,18 @@ def test_voice_pools_are_disjoint_and_speech_is_real_audio():
     for heldout in (HELDOUT_ESPEAK_VOICES, CLEAR_HELDOUT_ESPEAK_VOICES):
         assert not parts(TRAIN_ESPEAK_VOICES, 0) & parts(heldout, 0)
         assert not parts(TRAIN_ESPEAK_VOICES, 1) & parts(heldout, 1)
+    # no held-out family shares an engine voice with a training family
+    trained = {(FAMILIES[f].engine, v) for f in TRAIN_FAMILY_SHARES for v in FAMILIES[f].voices}
+    for family in HELDOUT_FAMILIES:
+        assert not trained & {(FAMILIES[family].engine, v) for v in FAMILIES[family].voices}
+    assert set(NATURAL_HELDOUT_FAMILIES) <= set(HELDOUT_FAMILIES)
     rng = np.random.default_rng(0)
-    assert all(random_voice(rng, heldout=True).name in HELDOUT_ESPEAK_VOICES for _ in range(20))
-    assert all(random_voice(rng, heldout=True, heldout_pool=CLEAR_HELDOUT_ESPEAK_VOICES).name
-               in CLEAR_HELDOUT_ESPEAK_VOICES for _ in range(20))
+    assert all(random_voice(rng, "espeak-heldout").name in HELDOUT_ESPEAK_VOICES for _ in range(20))
+    assert all(random_voice(rng, "espeak-clear").name in CLEAR_HELDOUT_ESPEAK_VOICES for _ in range(20))
+    drawn = {random_voice(rng).engine for _ in range(200)}
+    assert drawn == {FAMILIES[f].engine for f in TRAIN_FAMILY_SHARES} and "pico" not in drawn
+    with pytest.raises(ValueError, match="unknown voice family"):
+        random_voice(rng, "festival")
     wav = speak("What is the capital of France?", Voice("espeak", "en-us+m1"))
     assert wav.dtype == np.float32 and 1.0 < len(wav) / SAMPLE_RATE < 4.0 and np.abs(wav).max() > 0.1
     slow = speak("What is the capital of France?", Voice("espeak", "en-us+m1", speed=0.7))
@@ -74,6 +83,13 @@ def test_voice_pools_are_disjoint_and_speech_is_real_audio():
     noisy = add_noise(wav, 10.0, rng)
     snr = 10 * np.log10(np.mean(wav ** 2) / np.mean((noisy - wav) ** 2))
     assert abs(snr - 10.0) < 0.5
+
+
+@pytest.mark.parametrize(("engine", "name"), [("flite", "kal"), ("flite", "kal16"), ("flite", "slt"),
+                                              ("rhvoice", "slt"), ("festival", "kal_diphone")])
+def test_voices_reserved_for_independent_evaluation_are_refused(engine, name):
+    with pytest.raises(SynthesisError, match="reserved for independent evaluation"):
+        Voice(engine, name)
 
 
 def test_piper_voice_speaks():
@@ -170,7 +186,7 @@ def test_sampler_draws_every_kind_and_refuses_an_empty_set():
     targets = {q.text: Target(q.text, "r", "a") for q in questions if q.kind != "repeat"}
     rng = np.random.default_rng(0)
     kinds = {ExampleSampler(questions, targets).sample(rng).kind for _ in range(40)}
-    assert kinds == {"speech", "text", "sound", "transcribe"}
+    assert kinds == set(MIX)
     with pytest.raises(ValueError, match="no question"):
         ExampleSampler([q for q in questions if q.kind != "repeat"], {})
 
@@ -200,10 +216,13 @@ def test_report_summary_puts_speech_next_to_text_and_the_whisper_cascade():
     def rows(correct, **extra):
         return [{"correct": c, **extra} for c in correct]
 
-    report = Report(items={"text_after": rows([1, 1, 1, 1]), "speech": rows([1, 0, 0, 0]),
-                           "speech_clear": rows([1, 1, 0, 0]),
-                           "cascade_speech": rows([1, 1, 1, 0], whisper_errors=1, words=4)})
+    report = Report(items={"text_after": rows([1, 1, 1, 1]), "speech_pico": rows([1, 0, 0, 0]),
+                           "speech_mbrola": rows([1, 1, 0, 0]),
+                           "cascade_speech_pico": rows([1, 1, 1, 0], whisper_errors=1, words=4),
+                           "multiturn_pico": rows([1, 0], kind="capital") + rows([1, 1], kind="sum")})
     s = summarise(report)
-    assert s["speech_over_text"] == 0.25 and s["speech_clear_over_text"] == 0.5
-    assert s["cascade_speech_accuracy"] == 0.75 and s["whisper_wer_speech"] == 0.25
-    assert "whisper_wer_speech_clear" not in s
+    assert s["speech_pico_over_text"] == 0.25 and s["speech_mbrola_over_text"] == 0.5
+    assert s["cascade_speech_pico_accuracy"] == 0.75 and s["whisper_wer_speech_pico"] == 0.25
+    assert s["speech_pico_over_cascade"] == pytest.approx(1 / 3)
+    assert "whisper_wer_speech_mbrola" not in s and "speech_mbrola_over_cascade" not in s
+    assert s["multiturn_pico_accuracy"] == 0.75 and s["multiturn_pico_capital_accuracy"] == 0.5

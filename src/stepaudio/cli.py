@@ -251,6 +251,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", type=Path, default=Path("default_model_eval.json"), help="per-item results")
     e.add_argument("--seed", type=int, default=1)
     e.add_argument("--sound-items", type=int, default=20, help="held-out items per sound task")
+    e.add_argument("--families", help="voice families that speak the held-out questions, each reported alone "
+                                      "(comma-separated; default: every family, held-out ones first; "
+                                      "docs/DEFAULT_MODEL.md lists them)")
+    e.add_argument("--multiturn-per-kind", type=int, default=8,
+                   help="held-out multi-turn items per follow-up kind (0: none)")
+    e.add_argument("--multiturn-family", default="pico", help="voice family that speaks the multi-turn items")
     e.add_argument("--no-whisper-reference", dest="whisper_reference", action="store_false",
                    help="skip the cascade reference (the decoder given Whisper-base's own transcripts; "
                         "needs ctranslate2)")
@@ -280,12 +286,19 @@ def _run_train_align(args: argparse.Namespace) -> None:
 def _run_train_evaluate(args: argparse.Namespace) -> None:
     from .default_model.assemble import ensure_default_model
     from .default_model import model_dir_or_default
-    from .train.evaluate import evaluate, markdown, write_report
+    from .train.evaluate import DEFAULT_FAMILIES, evaluate, markdown, write_report
+    from .train.speech import FAMILIES
 
+    families = tuple(f for f in args.families.split(",") if f) if args.families else DEFAULT_FAMILIES
+    unknown = [f for f in families + (args.multiturn_family,) if f not in FAMILIES]
+    if unknown or args.multiturn_per_kind < 0:
+        raise ValueError(f"unknown voice family {unknown[0]!r}; known: {', '.join(FAMILIES)}" if unknown
+                         else "--multiturn-per-kind cannot be negative")
     model = model_dir_or_default(args.model)
     base = args.base_model or ensure_default_model(delta=None)
     report = evaluate(model, base, seed=args.seed, sound_items=args.sound_items,
-                      whisper_reference=args.whisper_reference)
+                      whisper_reference=args.whisper_reference, families=families,
+                      multiturn_family=args.multiturn_family, multiturn_per_kind=args.multiturn_per_kind)
     write_report(report, args.json)
     print(markdown(report))
     print(f"per-item results: {args.json}", file=sys.stderr)

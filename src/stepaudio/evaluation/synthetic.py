@@ -76,7 +76,7 @@ def _item(task: str, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         return sound.wav, {"question": sound.question, "choices": [], "answer": sound.answer, "task": "short"}
     if task == "arithmetic":
         transcript, value = arithmetic_transcript(rng)
-        return speak(transcript, random_voice(rng, heldout=True)), {
+        return speak(transcript, random_voice(rng, "espeak-heldout")), {
             "question": "", "choices": [], "answer": str(value), "task": "math", "transcript": transcript}
     if task == "tempo":
         wav, question, answer = tempo_item(rng)

@@ -1,9 +1,12 @@
 """The default model's report: held-out listening accuracy vs text, repeat WER, sound tasks, speed.
 
-Everything here is generated with voices, phrasings, entities and tone parameters that training never
-used (see `questions`, `speech` and `sounds`). Scoring reads only the answer after `</think>`. Spoken
-questions come in two held-out voice pools, and next to each the decoder is given Whisper-base's own
-transcript of the same clips (see `whisper_reference`): what this encoder lets a trained decoder hear.
+Everything here is generated with phrasings, entities and tone parameters that training never used
+(see `questions`, `speech` and `sounds`). Scoring reads only the answer after `</think>`. The held-out
+questions are spoken by every voice family asked for, each reported alone: the held-out families
+(voices training never heard) and the training families (voices heard, questions not). Next to each the
+decoder is given Whisper-base's own transcript of the same clips (see `whisper_reference`): what this
+encoder lets a trained decoder hear. Multi-turn items ask held-out follow-ups after an earlier turn
+whose answer is the reference one (the history is given, not generated, so each item scores one turn).
 """
 
 from __future__ import annotations
@@ -21,13 +24,19 @@ from tqdm import tqdm
 from ..audio.io import load_audio
 from ..engine.llm import LLM
 from ..engine.sampling import SamplingParams
-from .questions import HELDOUT_REPEAT_SENTENCES, Question, answer_is_correct, arithmetic_question, question_pool
+from .conversations import Conversation, Turn, conversation_messages, random_conversation
+from .questions import (CAPITALS, HELDOUT_REPEAT_SENTENCES, Question, answer_is_correct, arithmetic_question,
+                        question_pool)
 from .sounds import CHANCE, TASKS, random_sound_item
-from .speech import CLEAR_HELDOUT_ESPEAK_VOICES, random_voice, speak
+from .speech import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILY_SHARES, random_voice, speak
+from .targets import Target, heard
 
 # Held-out instruction for "repeat what was said" (training used other phrasings).
 REPEAT_PROMPT = "Say back exactly the words you heard."
 GREEDY = SamplingParams(temperature=0.0, max_tokens=160)
+# Every family by default: held out first, then the training ones.
+DEFAULT_FAMILIES = HELDOUT_FAMILIES + tuple(TRAIN_FAMILY_SHARES)
+MULTITURN_KINDS = ("capital", "again", "sum", "new")
 
 
 def heldout_questions(seed: int = 1, n_arithmetic: int = 16) -> list[Question]:
@@ -93,23 +102,59 @@ def _accuracy(rows: list[dict]) -> float:
     return float(np.mean([r["correct"] for r in rows])) if rows else float("nan")
 
 
+def _family_clips(questions: list[Question], family: str, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng([seed, *family.encode()])  # each family its own stream
+    return [speak(q.text, random_voice(rng, family)) for q in questions]
+
+
+def heldout_conversations(seed: int, per_kind: int = 8) -> list[Conversation]:
+    """Held-out follow-ups (held-out phrasings and countries) after a reference first answer."""
+    rng = np.random.default_rng([seed, 3])
+    items = [(q, Target(q.text, heard(q), f"The capital of {country} is {capital}."))
+             for q in question_pool(heldout=True) if q.kind == "capital"
+             for country, capital in CAPITALS if country in q.text]
+    convs = []
+    for kind in MULTITURN_KINDS:
+        for _ in range(per_kind):
+            sound = random_sound_item(rng, heldout=True, task="count")
+            new_turn = (Turn(sound.question, False, sound.wav), Target(sound.question, "", ""), tuple(sound.accept))
+            convs.append(random_conversation(rng, items, heldout=True, new_turn=new_turn, kind=kind))
+    return convs
+
+
+def _score_conversations(llm: LLM, convs: list[Conversation], family: str | None, seed: int) -> list[dict]:
+    """Every user turn spoken in `family` (sound turns keep their clip), or typed when `family` is None."""
+    rng = np.random.default_rng([seed, 4])
+    conversations = []
+    for conv in convs:
+        messages, parts = conversation_messages(conv, [family is not None] * len(conv.turns))
+        clips = iter([p if not isinstance(p, str) else speak(p, random_voice(rng, family)) for p in parts])
+        for m in messages:
+            if isinstance(m["content"], list):
+                m["content"] = [_audio_part(next(clips)) if c["type"] == "audio" else c for c in m["content"]]
+        conversations.append(messages)
+    return [{"turns": [t.text for t in c.turns], "kind": c.kind, "reasoning": r, "answer": a,
+             "correct": answer_is_correct(a, Question(c.kind, c.turns[-1].text, c.accept))}
+            for c, (r, a) in zip(convs, _answers(llm, conversations, f"multi-turn, {family or 'typed'}"))]
+
+
 def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items: int = 20,
-             whisper_reference: bool = True) -> Report:
+             whisper_reference: bool = True, families: tuple[str, ...] = DEFAULT_FAMILIES,
+             multiturn_family: str | None = "pico", multiturn_per_kind: int = 8) -> Report:
     """The held-out report; with `whisper_reference`, also the decoder given Whisper-base's transcripts."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown voice families {unknown}; known: {', '.join(FAMILIES)}")
     rng = np.random.default_rng(seed)
     report = Report()
     questions = heldout_questions(seed)
-    spoken = {"speech": [speak(q.text, random_voice(rng, heldout=True)) for q in questions]}
-    clear_rng = np.random.default_rng([seed, 2])  # its own stream: the items above stay as they were
-    spoken["speech_clear"] = [speak(q.text, random_voice(clear_rng, heldout=True,
-                                                         heldout_pool=CLEAR_HELDOUT_ESPEAK_VOICES))
-                              for q in questions]
-    heard: dict[str, list[str]] = {}
+    spoken = {f"speech_{family}": _family_clips(questions, family, seed) for family in families}
+    heard_by: dict[str, list[str]] = {}
     if whisper_reference:
         from .whisper_reference import WhisperTranscriber
 
         whisper = WhisperTranscriber()
-        heard = {key: whisper.transcribe_all(wavs, f"whisper-base, {key}") for key, wavs in spoken.items()}
+        heard_by = {key: whisper.transcribe_all(wavs, f"whisper-base, {key}") for key, wavs in spoken.items()}
         del whisper
     if base_dir is not None:
         base = LLM(base_dir)
@@ -119,14 +164,19 @@ def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items:
     report.items["text_after"] = _score_questions(llm, questions, None, "trained, text")
     for key, wavs in spoken.items():
         report.items[key] = _score_questions(llm, questions, wavs, f"trained, {key}")
-    for key, transcripts in heard.items():
+    for key, transcripts in heard_by.items():
         typed = [Question(q.kind, text, q.accept) for q, text in zip(questions, transcripts)]
         rows = _score_questions(llm, typed, None, f"trained, whisper transcript of {key}")
         for row, q in zip(rows, questions):
             row["whisper_errors"], row["words"] = word_errors(row["question"], q.text)
             row["question"], row["whisper_transcript"] = q.text, row["question"]
         report.items[f"cascade_{key}"] = rows
-    repeats = [(text, speak(text, random_voice(rng, heldout=True))) for text in HELDOUT_REPEAT_SENTENCES]
+    if multiturn_per_kind:
+        convs = heldout_conversations(seed, multiturn_per_kind)
+        report.items["multiturn_typed"] = _score_conversations(llm, convs, None, seed)
+        if multiturn_family:
+            report.items[f"multiturn_{multiturn_family}"] = _score_conversations(llm, convs, multiturn_family, seed)
+    repeats = [(text, speak(text, random_voice(rng, "espeak-heldout"))) for text in HELDOUT_REPEAT_SENTENCES]
     repeats += [(ref, load_audio(path)) for path, ref in audioeval_clips()]
     answers = _answers(llm, [[{"role": "user", "content": [_audio_part(w), {"type": "text", "text": REPEAT_PROMPT}]}]
                              for _, w in repeats], "repeat")
@@ -146,15 +196,25 @@ def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items:
 
 def summarise(report: Report) -> dict[str, float]:
     s: dict[str, float] = {}
-    for key in ("text_before", "text_after", "speech", "speech_clear", "cascade_speech", "cascade_speech_clear"):
+    for key in ("text_before", "text_after"):
         if key in report.items:
             s[f"{key}_accuracy"] = _accuracy(report.items[key])
-    for key in ("speech", "speech_clear"):
-        if key in report.items and s.get("text_after_accuracy"):
+    for key in [k for k in report.items if k.startswith("speech_")]:
+        s[f"{key}_accuracy"] = _accuracy(report.items[key])
+        if s.get("text_after_accuracy"):
             s[f"{key}_over_text"] = s[f"{key}_accuracy"] / s["text_after_accuracy"]
         rows = report.items.get(f"cascade_{key}")
         if rows:
+            s[f"cascade_{key}_accuracy"] = _accuracy(rows)
+            if s[f"cascade_{key}_accuracy"]:
+                s[f"{key}_over_cascade"] = s[f"{key}_accuracy"] / s[f"cascade_{key}_accuracy"]
             s[f"whisper_wer_{key}"] = sum(r["whisper_errors"] for r in rows) / sum(r["words"] for r in rows)
+    for key in [k for k in report.items if k.startswith("multiturn_")]:
+        s[f"{key}_accuracy"] = _accuracy(report.items[key])
+        for kind in MULTITURN_KINDS:
+            rows = [r for r in report.items[key] if r["kind"] == kind]
+            if rows:
+                s[f"{key}_{kind}_accuracy"] = _accuracy(rows)
     for source in ("espeak-heldout", "audioeval"):
         rows = [r for r in report.items.get("repeat", []) if r["source"] == source]
         if rows:

@@ -9,24 +9,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..text.tokenizer import StepTokenizer
+from .conversations import Turn, conversation_messages, random_conversation
 from .questions import DRILL_WORDS, Question, arithmetic_question, question_pool, random_sentence, word_drill
 from .sounds import SoundItem, random_sound_item
 from .speech import augment, random_voice, speak
 from .targets import THINK_CLOSE, Target, repeat_target, transcribe_target
 
 _WORD_TOKEN = re.compile("\u0120[A-Za-z][a-z]{2,11}")  # byte-level BPE spells a leading space as U+0120
-# Share of each kind in a training batch.
-MIX = {"speech": 0.35, "text": 0.1, "sound": 0.2, "transcribe": 0.35}
+# Share of each kind in a training batch. "multiturn" (conversations.py) was added to continue the first
+# delta, which was trained on the first four in shares 0.35 / 0.1 / 0.2 / 0.35.
+MIX = {"speech": 0.3, "text": 0.1, "sound": 0.12, "transcribe": 0.33, "multiturn": 0.15}
 # Text instructions that ask for the words of the clip (the held-out WER uses a phrasing not listed here).
 TRANSCRIBE_PROMPTS = ("Repeat what was said.", "Write down exactly what you hear.", "What did the speaker say?")
-_LISTEN_PROMPTS = ("Listen and answer.", "Answer the question in the audio.", "Please respond to the recording.")
+_LISTEN_PROMPTS = ("Listen and answer.", "Answer the question in the audio.", "Please respond to the recording.",
+                   "Answer the question.")
 _SOUND_REPLIES = {"count": "There {verb} {a} beep{s}.", "higher": "{A} tone is higher.",
                   "louder": "{A} tone is louder.", "longer": "{A} tone is longer.", "direction": "The pitch is {a}."}
 
 
 @dataclass
 class Example:
-    kind: str                  # "speech", "text", "sound" or "transcribe"
+    kind: str                  # a key of MIX
     messages: list[dict]       # OpenAI-shaped; audio parts are {"type": "audio"} placeholders
     audio: list[np.ndarray]    # one 16 kHz waveform per audio part
     target: str                # text after the generation prompt's "<think>\n"
@@ -45,15 +48,23 @@ def sound_reply(item: SoundItem) -> str:
                                             s="" if a == "1" else "s")
 
 
-def sound_example(item: SoundItem) -> Example:
-    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": item.question}]}]
-    return Example("sound", messages, [item.wav], f"{item.reasoning}{THINK_CLOSE}{sound_reply(item)}")
+def audio_with_text(text: str, text_first: bool) -> list[dict]:
+    """An audio placeholder and a text part. The official clients and our chat CLI send the text first,
+    other clients the audio first: training sees both orders."""
+    parts = [{"type": "audio"}, {"type": "text", "text": text}]
+    return parts[::-1] if text_first else parts
+
+
+def sound_example(item: SoundItem, text_first: bool = False) -> Example:
+    messages = [{"role": "user", "content": audio_with_text(item.question, text_first)}]
+    return Example("sound", messages, [item.wav], _sound_target(item)[0].text())
 
 
 def speech_messages(rng: np.random.Generator) -> list[dict]:
-    content: list[dict] = [{"type": "audio"}]
-    if rng.random() < 0.25:
-        content.append({"type": "text", "text": str(rng.choice(_LISTEN_PROMPTS))})
+    if rng.random() < 0.35:
+        content = audio_with_text(str(rng.choice(_LISTEN_PROMPTS)), bool(rng.random() < 0.6))
+    else:
+        content = [{"type": "audio"}]
     return [{"role": "user", "content": content}]
 
 
@@ -104,15 +115,31 @@ class ExampleSampler:
         """One example from `MIX`; during the listening drill, transcription only, mostly random word lists."""
         kind = "transcribe" if listening_drill else str(rng.choice(list(MIX), p=list(MIX.values())))
         if kind == "sound":
-            return sound_example(random_sound_item(rng))
+            return sound_example(random_sound_item(rng), text_first=bool(rng.random() < 0.6))
+        if kind == "multiturn":
+            return self.multiturn_example(rng)
         question, target = self.items[int(rng.integers(len(self.items)))]
         if kind == "transcribe":
             words = transcription_text(rng, question, listening_drill, self.vocabulary, self.sentences)
             wav = augment(speak(words, random_voice(rng)), rng)
-            messages = [{"role": "user", "content": [{"type": "audio"},
-                                                     {"type": "text", "text": str(rng.choice(TRANSCRIBE_PROMPTS))}]}]
+            messages = [{"role": "user", "content": audio_with_text(str(rng.choice(TRANSCRIBE_PROMPTS)),
+                                                                    bool(rng.random() < 0.5))}]
             return Example("transcribe", messages, [wav], transcribe_target(words).text())
         if kind == "text":
             return Example("text", [{"role": "user", "content": question.text}], [], target.text())
         wav = augment(speak(question.text, random_voice(rng)), rng)
         return Example("speech", speech_messages(rng), [wav], target.text())
+
+    def multiturn_example(self, rng: np.random.Generator) -> Example:
+        """A two- or three-turn conversation, each user turn spoken (60 %) or typed, the last one answered."""
+        sound = random_sound_item(rng, task="count")
+        new_turn = (Turn(sound.question, False, sound.wav), *_sound_target(sound))
+        conv = random_conversation(rng, self.items, new_turn=new_turn)
+        spoken = [bool(rng.random() < 0.6) for _ in conv.turns]
+        messages, parts = conversation_messages(conv, spoken)
+        audio = [p if not isinstance(p, str) else augment(speak(p, random_voice(rng)), rng) for p in parts]
+        return Example("multiturn", messages, audio, conv.target.text())
+
+
+def _sound_target(item: SoundItem) -> tuple[Target, tuple[str, ...]]:
+    return Target(item.question, item.reasoning, sound_reply(item)), tuple(item.accept)
