@@ -109,3 +109,8 @@ def test_nothing_to_send_is_explained(page):
     page.locator("#send").click()
     page.get_by_text("Nothing to send").first.wait_for()
     assert page.locator("#chat [data-testid=user]").count() == 0
+
+
+def test_the_budget_note_adds_up_before_anything_is_sent(page):
+    assert page.locator("#budget-note").inner_text() == (
+        "Audio budget: 0.0 s used, 60.0 s left of 60.0 s per conversation")

@@ -4,6 +4,7 @@ and the `stepaudio demo` command's one-line errors."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -58,7 +59,7 @@ def test_audio_budget_counts_used_and_left():
     budget = AudioBudget(limit_seconds=60)
     budget.spend(25.5)
     assert budget.left_seconds == pytest.approx(34.5)
-    assert budget.note() == "Audio budget: **25.5 s used**, 34.5 s left of 60 s per conversation"
+    assert budget.note() == "Audio budget: **25.5 s used**, 34.5 s left of 60.0 s per conversation"
     budget.check(34.5)  # exactly what is left fits
     with pytest.raises(InputProblem, match="only 34.5 s"):
         budget.spend(40)
@@ -67,6 +68,16 @@ def test_audio_budget_counts_used_and_left():
 
 def test_default_budget_is_upstreams_ten_megabytes_of_wav():
     assert AudioBudget().limit_seconds * 16000 * 2 == 10 * 2**20
+    assert AudioBudget().note() == "Audio budget: **0.0 s used**, 327.7 s left of 327.7 s per conversation"
+
+
+@pytest.mark.parametrize("used", [0.0, 0.04, 0.05, 12.34, 12.35, 100.26, 327.64, 327.68])
+def test_the_budget_notes_figures_add_up(used):
+    used_shown, left_shown, limit_shown = re.fullmatch(
+        r"Audio budget: \*\*(\d+\.\d) s used\*\*, (\d+\.\d) s left of (\d+\.\d) s per conversation",
+        AudioBudget(used_seconds=used).note()).groups()
+    assert round(float(used_shown) + float(left_shown), 1) == float(limit_shown) == 327.7
+    assert float(used_shown) == pytest.approx(used, abs=0.05)
 
 
 def test_long_audio_goes_as_25_second_parts_after_the_text(wav_file):
