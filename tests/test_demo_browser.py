@@ -105,10 +105,20 @@ def test_server_error_is_a_readable_chat_message(page, long_clip):  # noqa: F811
     assert "0.0 s used" in page.locator("#budget-note").inner_text()   # a refused turn costs no budget
 
 
-def test_nothing_to_send_is_explained(page):
-    page.locator("#send").click()
-    page.get_by_text("Nothing to send").first.wait_for()
-    assert page.locator("#chat [data-testid=user]").count() == 0
+def test_an_empty_send_is_a_notice_that_leaves_the_page_as_it_was(page):
+    limit_thinking(page)
+    ask(page, "Hello")
+    wait_for_answers(page, 1)
+    chat, note = page.locator("#chat").inner_text(), page.locator("#budget-note").inner_text()
+    page.locator("#send").click()   # nothing typed, no audio
+    toast = page.locator(".toast-body")
+    toast.wait_for()
+    assert "Warning" in toast.inner_text() and "Nothing to send" in toast.inner_text()
+    page.wait_for_timeout(1000)   # time for any status badge to appear (an error showed at once)
+    assert page.locator(".error").count() == 0   # no red "Error" over the chat, audio, note or message box
+    assert page.locator("#chat").is_visible() and page.locator("#chat").inner_text() == chat
+    assert page.locator("#budget-note").inner_text() == note
+    assert page.locator("#chat [data-testid=user]").count() == 1
 
 
 def test_the_budget_note_adds_up_before_anything_is_sent(page):
