@@ -1,6 +1,10 @@
-"""`stepaudio serve` as a user starts it: the official vLLM flags, start-up logs, a request, clean errors."""
+"""`stepaudio serve` as a user starts it: the official vLLM flags, start-up logs, a request, a busy port found
+before the model loads, clean errors."""
 
 from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
 
 import pytest
 from openai import OpenAI
@@ -46,3 +50,17 @@ def test_serve_errors_are_one_line(tiny_dir, capsys, argv, message):  # noqa: F8
     assert main([a.replace("{tiny}", str(tiny_dir)) for a in argv]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("stepaudio serve: error: ") and message in err[-1]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port another server listens on."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        yield other.getsockname()[1]
+
+
+def test_a_busy_port_is_reported_before_the_model_loads(busy_port, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STEPAUDIO_CACHE_DIR", str(tmp_path))   # loading the default model would assemble it here
+    assert main(["serve", "--port", str(busy_port)]) == 1
+    assert capsys.readouterr().err == f"stepaudio serve: error: port {busy_port} is in use; pass --port\n"
+    assert list(tmp_path.iterdir()) == []

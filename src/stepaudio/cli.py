@@ -137,30 +137,32 @@ def _run_serve(args: argparse.Namespace) -> None:
     from .engine.engine import EngineConfig
     from .server.launcher import build_app, load_engine, log_upstream_flags, serve
     from .server.settings import MiB, ServerSettings
+    from .server.sockets import listening_socket
     from .text.chat_template import load_chat_template
 
     default_name = [DEFAULT_MODEL_NAME] if args.model_dir is None else [str(args.model_dir)]
-    args.model_dir = model_dir_or_default(args.model_dir)
-    if not args.model_dir.is_dir():
+    if args.model_dir is not None and not args.model_dir.is_dir():
         raise FileNotFoundError(f"model folder {args.model_dir} does not exist")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
-    log_upstream_flags(vars(args))
-    settings = ServerSettings(
-        served_model_names=args.served_model_name or default_name, model_root=str(args.model_dir),
-        api_key=args.api_key, reasoning_parser=args.reasoning_parser,
-        chat_template=load_chat_template(args.chat_template) if args.chat_template else None,
-        max_audio_seconds=args.max_audio_seconds, max_audio_parts=_audio_limit(args.limit_mm_per_prompt),
-        allowed_local_media_path=args.allowed_local_media_path, allowed_media_domains=args.allowed_media_domains,
-        media_fetch_timeout=args.media_fetch_timeout, max_body_bytes=int(args.max_request_body_mb * MiB),
-        max_queue=args.max_queue, log_requests=args.enable_log_requests)
-    config = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
-                          max_num_batched_tokens=args.max_num_batched_tokens,
-                          kv_cache_memory_gb=args.kv_cache_memory_gb, audio_token_formula=args.audio_token_formula,
-                          compile_decode=args.compile_decode)
-    engine = load_engine(args.model_dir, dtype=None if args.dtype == "auto" else args.dtype, device=args.device,
-                         config=config, max_model_len_given=args.max_model_len is not None)
-    serve(build_app(engine, settings), args.host, args.port, log_level=args.uvicorn_log_level)
-
+    with listening_socket(args.host, args.port) as sock:  # a busy port is found before the model loads
+        args.model_dir = model_dir_or_default(args.model_dir)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+        log_upstream_flags(vars(args))
+        settings = ServerSettings(
+            served_model_names=args.served_model_name or default_name, model_root=str(args.model_dir),
+            api_key=args.api_key, reasoning_parser=args.reasoning_parser,
+            chat_template=load_chat_template(args.chat_template) if args.chat_template else None,
+            max_audio_seconds=args.max_audio_seconds, max_audio_parts=_audio_limit(args.limit_mm_per_prompt),
+            allowed_local_media_path=args.allowed_local_media_path,
+            allowed_media_domains=args.allowed_media_domains, media_fetch_timeout=args.media_fetch_timeout,
+            max_body_bytes=int(args.max_request_body_mb * MiB), max_queue=args.max_queue,
+            log_requests=args.enable_log_requests)
+        config = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                              max_num_batched_tokens=args.max_num_batched_tokens,
+                              kv_cache_memory_gb=args.kv_cache_memory_gb,
+                              audio_token_formula=args.audio_token_formula, compile_decode=args.compile_decode)
+        engine = load_engine(args.model_dir, dtype=None if args.dtype == "auto" else args.dtype, device=args.device,
+                             config=config, max_model_len_given=args.max_model_len is not None)
+        serve(build_app(engine, settings), sock, log_level=args.uvicorn_log_level)
 
 def _add_chat(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="chat with a server (--api-base) or a local checkpoint (--model)",

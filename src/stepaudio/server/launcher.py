@@ -22,6 +22,7 @@ from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
 from .app import create_app
 from .settings import ServerSettings
+from .sockets import listening_socket, url_of
 
 logger = logging.getLogger("stepaudio.server")
 
@@ -86,27 +87,12 @@ def build_app(engine: LLMEngine, settings: ServerSettings) -> FastAPI:
     return create_app(AsyncEngine(engine), settings)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket; port 0 picks a free one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def _uvicorn(app: FastAPI, log_level: str) -> uvicorn.Server:
     return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, lifespan="off"))
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C)."""
-    sock = bind(host, port)
+def serve(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
+    """Serve on a listening socket (from `listening_socket`) until interrupted (Ctrl-C)."""
     logger.info("serving the OpenAI API at %s/v1 (chat: stepaudio chat --api-base %s/v1)", url_of(sock),
                 url_of(sock))
     _uvicorn(app, log_level).run(sockets=[sock])
@@ -116,7 +102,7 @@ class ServerThread:
     """Serve an app from a background thread on a loopback port; a context manager (for chat and tests)."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        self._sock = bind(host, port)
+        self._sock = listening_socket(host, port)
         self.url = url_of(self._sock)
         self._server = _uvicorn(app, log_level)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
