@@ -9,7 +9,7 @@ import soundfile as sf
 
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import reference, running_server, tone  # noqa: F401
-from stepaudio.chat_cli import DIM, RESET, run_chat
+from stepaudio.chat_cli import DIM, HELP, RESET, run_chat
 from stepaudio.cli import build_parser, main
 from stepaudio.client import user_message
 from stepaudio.engine.sampling import SamplingParams
@@ -92,3 +92,10 @@ def test_a_refused_request_is_one_line(reference, capsys):  # noqa: F811
         assert main(["chat", "--api-base", url + "/v1", "hi"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("stepaudio chat: error: HTTP 401: ") and err.count("\n") == 1
+
+
+def test_a_missing_audio_file_in_a_session_is_refused_at_once(api_base):
+    args = build_parser().parse_args(["chat", "--api-base", api_base, *FLAGS])
+    out = io.StringIO()
+    run_chat(args, inp=io.StringIO("/audio missing.wav\n/exit\n"), out=out)
+    assert out.getvalue() == f"{HELP}\nyou> error: audio file missing.wav does not exist\nyou> "

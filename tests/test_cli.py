@@ -1,11 +1,13 @@
 """The `stepaudio` command line a new user meets: the list of commands, unknown flags named by the command they
-were given to, every flag's default in --help and bad values refused as they are parsed."""
+were given to, every flag's default in --help, bad values refused as they are parsed, and mistakes reported
+before anything loads."""
 
 from __future__ import annotations
 
 import argparse
 
 import pytest
+import torch
 
 from stepaudio.cli import build_parser, main
 
@@ -25,6 +27,15 @@ commands:
 def columns(monkeypatch):
     """argparse wraps help to the terminal's width: a fixed one, so the text can be asserted exactly."""
     monkeypatch.setenv("COLUMNS", "80")
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """A default-model cache with nothing in it: any loading of the default model would assemble it here."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("STEPAUDIO_CACHE_DIR", str(cache))
+    return cache
 
 
 def test_bare_stepaudio_lists_the_commands_one_line_each(capsys):
@@ -103,6 +114,40 @@ def test_train_align_help_shows_the_recipe_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert f"--steps STEPS decoder-stage steps (default: {AlignConfig.steps})" in out
     assert f"--batch-size BATCH_SIZE examples per step (default: {AlignConfig.batch_size})" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["chat", "--audio", "missing.wav", "x"], "stepaudio chat: error: audio file missing.wav does not exist"),
+    (["chat", "--model", "no-model", "x"], "stepaudio chat: error: model folder no-model does not exist"),
+    (["chat", "--device", "tpu", "x"],
+     "stepaudio chat: error: --device tpu: not a device torch knows (cpu, cuda, cuda:1, mps, ...)"),
+    (["generate", "--audio", "missing.wav"], "stepaudio generate: error: audio file missing.wav does not exist"),
+    (["demo", "--model", "no-model"], "stepaudio demo: error: model folder no-model does not exist"),
+    (["serve", "no-model"], "stepaudio serve: error: model folder no-model does not exist"),
+    (["serve", "--chat-template", "missing.jinja"], None),
+    (["eval", "m.jsonl", "--model", "no-model"], "stepaudio eval: error: model folder no-model does not exist"),
+    (["train", "align", "--out", "run", "--init-delta", "missing.safetensors"],
+     "stepaudio train: error: --init-delta missing.safetensors does not exist"),
+    (["train", "evaluate", "--model", "no-model"], "stepaudio train: error: model folder no-model does not exist"),
+])
+def test_mistakes_are_reported_before_anything_loads(argv, message, empty_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"stepaudio {argv[0]}: error: ")
+    if message is not None:
+        assert err == message + "\n"
+    assert list(empty_cache.iterdir()) == []   # the default model was not assembled, so nothing was loaded
+
+
+def test_device_without_cuda_is_refused_before_loading(empty_cache, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["serve", "--device", "cuda"]) == 1
+    assert capsys.readouterr().err == ("stepaudio serve: error: --device cuda: no CUDA device here"
+                                       + ("" if torch.version.cuda else f"; torch {torch.__version__} is a CPU build")
+                                       + "\n")
+    assert list(empty_cache.iterdir()) == []
 
 
 @pytest.mark.parametrize(("argv", "message"), [

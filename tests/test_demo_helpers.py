@@ -5,6 +5,7 @@ and the `stepaudio demo` command's one-line errors."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -190,6 +191,13 @@ def test_demo_command_errors_are_one_line(capsys, tmp_path):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and all(ln.startswith("stepaudio demo: error: ") for ln in lines)
     assert "does not exist" in lines[0] and "127.0.0.1:9" in lines[1]
+
+
+def test_demo_on_a_busy_port_says_so_before_reaching_the_model(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        assert main(["demo", "--api-base", "http://127.0.0.1:9/v1", "--port", str(port)]) == 1
+    assert capsys.readouterr().err == f"stepaudio demo: error: port {port} is in use; pass --port\n"
 
 
 def test_demo_command_serves_the_page_for_a_local_checkpoint(tiny_dir):  # noqa: F811

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_args import (Parser, non_negative_float, non_negative_int, port_number, positive_float, positive_int,
-                       probability)
+                       probability, require_device, require_path)
 from .evaluation.cli import add_eval, with_default_subcommand
 from .serve_cli import add_serve
 
@@ -60,13 +60,17 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from .default_model import model_dir_or_default
-    from .pipeline import answer_audio_question
     from .text.chat_template import load_chat_template
 
     if args.audio is None and not args.prompt:
         raise ValueError("give --audio, --prompt or both")
+    require_path(args.model, "model folder", folder=True)
+    require_path(args.audio, "audio file")
+    require_device(args.device)
     template = load_chat_template(args.chat_template) if args.chat_template else None
+    from .default_model import model_dir_or_default
+    from .pipeline import answer_audio_question
+
     result = answer_audio_question(model_dir_or_default(args.model), audio=args.audio, prompt=args.prompt,
                                    system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
                                    seed=args.seed, dtype=args.dtype, device=args.device,
@@ -193,10 +197,9 @@ ALIGN_OPTIONS = ("steps", "ctc_clips", "ctc_epochs", "listening_drill_steps", "g
 
 
 def _run_train_align(args: argparse.Namespace) -> None:
+    require_path(args.init_delta, "--init-delta")
     from .train.align import AlignConfig, train_align
 
-    if args.init_delta is not None and not args.init_delta.is_file():
-        raise ValueError(f"--init-delta {args.init_delta}: no such file")
     given = {name: getattr(args, name) for name in ALIGN_OPTIONS if getattr(args, name) is not None}
     if "lora_rank" in given:
         given["lora_alpha"] = 2.0 * given["lora_rank"]
@@ -206,8 +209,10 @@ def _run_train_align(args: argparse.Namespace) -> None:
 
 
 def _run_train_evaluate(args: argparse.Namespace) -> None:
-    from .default_model.assemble import ensure_default_model
+    require_path(args.model, "model folder", folder=True)
+    require_path(args.base_model, "base model folder", folder=True)
     from .default_model import model_dir_or_default
+    from .default_model.assemble import ensure_default_model
     from .train.evaluate import evaluate, markdown, write_report
 
     model = model_dir_or_default(args.model)

@@ -1,12 +1,15 @@
-"""What every `stepaudio` command shares on its command line: help that shows each flag's default, and value
-types that refuse a bad value while the arguments are parsed (exit 2, with the command's usage), so that a
-mistake costs the user no waiting.
+"""What every `stepaudio` command shares on its command line: help that shows each flag's default, value types
+that refuse a bad value while the arguments are parsed, and the file checks made before anything loads.
+
+A mistake should cost the user no waiting: argparse's types catch bad values (exit 2, with the command's
+usage), and `require_path` catches missing files and folders (exit 1, one line) before a model loads.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -73,3 +76,30 @@ positive_float = _checked(float, lambda v: v > 0, "must be a number above 0")
 non_negative_float = _checked(float, lambda v: v >= 0, "must be a number of at least 0")
 probability = _checked(float, lambda v: 0 < v <= 1, "must be a number in (0, 1]")
 port_number = _checked(int, lambda v: 0 <= v <= 65535, "must be a port number from 0 to 65535")
+
+
+def require_path(path: str | Path | None, what: str, *, folder: bool = False) -> None:
+    """Stop (one line, exit 1) when a file or folder the command needs is not there, before anything loads."""
+    if path is None:
+        return
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if Path(path).is_dir() != folder:
+        raise FileNotFoundError(f"{what} {path} is not a {'folder' if folder else 'file'}")
+
+
+def require_device(device: str) -> None:
+    """Stop (one line, exit 1) when torch cannot use `device` here, before a model is loaded onto it."""
+    import torch  # only commands that run a model here call this
+
+    try:
+        wanted = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a device torch knows (cpu, cuda, cuda:1, mps, ...)") from None
+    if wanted.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "" if torch.version.cuda else f"; torch {torch.__version__} is a CPU build"
+            raise ValueError(f"--device {device}: no CUDA device here{build}")
+        if wanted.index is not None and wanted.index >= count:
+            raise ValueError(f"--device {device}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")

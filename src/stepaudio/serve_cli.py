@@ -1,5 +1,5 @@
 """`stepaudio serve`: its flags (the official vLLM command's among them) and the checks made before the model
-loads (port, --limit-mm-per-prompt, chat template).
+loads (paths, port, --limit-mm-per-prompt, chat template).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from .cli_args import non_negative_float, port_number, positive_float, positive_int
+from .cli_args import non_negative_float, port_number, positive_float, positive_int, require_device, require_path
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -87,8 +87,9 @@ def run_serve(args: argparse.Namespace) -> None:
     from .server.sockets import listening_socket
     from .text.chat_template import load_chat_template
 
-    if args.model_dir is not None and not args.model_dir.is_dir():
-        raise FileNotFoundError(f"model folder {args.model_dir} does not exist")
+    require_path(args.model_dir, "model folder", folder=True)
+    require_path(args.allowed_local_media_path, "--allowed-local-media-path", folder=True)
+    require_device(args.device)
     max_audio_parts = audio_limit(args.limit_mm_per_prompt)
     template = load_chat_template(args.chat_template) if args.chat_template else None
     names = args.served_model_name or [DEFAULT_MODEL_NAME if args.model_dir is None else str(args.model_dir)]

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_args import non_negative_float, non_negative_int, positive_float, positive_int, probability
+from ..cli_args import (non_negative_float, non_negative_int, positive_float, positive_int, probability, require_device,
+                        require_path)
 
 SUBCOMMANDS = ("run", "make-synthetic")
 PLOT_NAME = "accuracy_vs_reasoning_tokens.png"
@@ -84,6 +85,9 @@ def run_eval_command(args: argparse.Namespace) -> None:
     from .report import plot_sweep, summarize, sweep_markdown, table
     from .runner import InProcessBackend, ResultStore, Sampling, ServerBackend, parse_budgets, run_eval
 
+    require_path(args.model, "model folder", folder=True)
+    if not args.server:
+        require_device(args.device)
     budgets = parse_budgets(args.thinking_budgets)
     items = read_manifest(args.manifest, args.layout, args.category_field)[:args.limit]
     judge = _judge(args)
