@@ -94,6 +94,20 @@ def test_a_refused_request_is_one_line(reference, capsys):  # noqa: F811
     assert err.startswith("stepaudio chat: error: HTTP 401: ") and err.count("\n") == 1
 
 
+def test_the_api_base_may_leave_out_v1(api_base, capsys):
+    assert main(["chat", "--api-base", api_base, *FLAGS, "Hi"]) == 0
+    with_v1 = capsys.readouterr().out
+    assert main(["chat", "--api-base", api_base.removesuffix("/v1"), *FLAGS, "Hi"]) == 0
+    assert capsys.readouterr().out == with_v1
+
+
+def test_an_api_base_with_no_api_there_says_what_to_add(api_base, capsys):
+    wrong = api_base.removesuffix("/v1") + "/api"
+    assert main(["chat", "--api-base", wrong, "Hi"]) == 1
+    assert capsys.readouterr().err == (f"stepaudio chat: error: HTTP 404 at {wrong}/models: no OpenAI API at {wrong}; "
+                                       "an API base usually ends in /v1\n")
+
+
 def test_a_missing_audio_file_in_a_session_is_refused_at_once(api_base):
     args = build_parser().parse_args(["chat", "--api-base", api_base, *FLAGS])
     out = io.StringIO()

@@ -154,6 +154,8 @@ def test_device_without_cuda_is_refused_before_loading(empty_cache, capsys):
     (["chat", "--temperature", "-1", "x"], "argument --temperature: must be a number of at least 0, got -1"),
     (["chat", "--max-tokens", "0", "x"], "argument --max-tokens: must be a whole number of at least 1, got 0"),
     (["chat", "--top-p", "2", "x"], "argument --top-p: must be a number in (0, 1], got 2"),
+    (["chat", "--api-base", "localhost:9999", "x"],
+     "argument --api-base: not an http(s) URL like http://127.0.0.1:9999/v1: 'localhost:9999'"),
     (["serve", "--port", "99999"], "argument --port: must be a port number from 0 to 65535, got 99999"),
     (["serve", "--max-num-seqs", "many"], "argument --max-num-seqs: must be a whole number of at least 1, got 'many'"),
     (["eval", "m.jsonl", "--concurrency", "0"],

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .cli_args import (Parser, non_negative_float, non_negative_int, port_number, positive_float, positive_int,
-                       probability, require_device, require_path)
+from .cli_args import (Parser, api_base, non_negative_float, non_negative_int, port_number, positive_float,
+                       positive_int, probability, require_device, require_path)
 from .evaluation.cli import add_eval, with_default_subcommand
 from .serve_cli import add_serve
 
@@ -106,8 +106,9 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
 def _add_endpoint_options(p: argparse.ArgumentParser, purpose: str) -> None:
     """--api-base or --model (a private server in this process, with its own loading options)."""
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--api-base", help="OpenAI API base of a running server, e.g. http://127.0.0.1:9999/v1 "
-                                          "(default: none, see --model)")
+    where.add_argument("--api-base", type=api_base,
+                       help="OpenAI API base of a running server, e.g. http://127.0.0.1:9999/v1 (/v1 may be left out; "
+                            "default: none, see --model)")
     where.add_argument("--model", type=Path, help=f"checkpoint folder: start a private server for {purpose} "
                                                   "(default, when neither is given: the built-in default model)")
     p.add_argument("--api-key", help="key of the server at --api-base (default: none)")

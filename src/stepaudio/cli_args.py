@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .client import api_base_url
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's defaults-in-help style, without "(default: None)" (or an empty string or list): the help of
@@ -76,6 +78,14 @@ positive_float = _checked(float, lambda v: v > 0, "must be a number above 0")
 non_negative_float = _checked(float, lambda v: v >= 0, "must be a number of at least 0")
 probability = _checked(float, lambda v: 0 < v <= 1, "must be a number in (0, 1]")
 port_number = _checked(int, lambda v: 0 <= v <= 65535, "must be a port number from 0 to 65535")
+
+
+def api_base(text: str) -> str:
+    """--api-base / --server: an http(s) URL; a bare server address gets the /v1 every OpenAI server uses."""
+    try:
+        return api_base_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def require_path(path: str | Path | None, what: str, *, folder: bool = False) -> None:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_args import (non_negative_float, non_negative_int, positive_float, positive_int, probability, require_device,
-                        require_path)
+from ..cli_args import (api_base, non_negative_float, non_negative_int, positive_float, positive_int, probability,
+                        require_device, require_path)
 
 SUBCOMMANDS = ("run", "make-synthetic")
 PLOT_NAME = "accuracy_vs_reasoning_tokens.png"
@@ -26,8 +26,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                    help="group the summary by this field of the manifest records (default: no grouping)")
     r.add_argument("--limit", type=positive_int, help="only the first N items (default: all)")
     target = r.add_mutually_exclusive_group()
-    target.add_argument("--server", metavar="URL",
-                        help="OpenAI-compatible API base, e.g. http://localhost:8000/v1 (default: none, see --model)")
+    target.add_argument("--server", metavar="URL", type=api_base,
+                        help="OpenAI-compatible API base, e.g. http://localhost:8000/v1 (/v1 may be left out; "
+                             "default: none, see --model)")
     target.add_argument("--model", type=Path, help="model folder run in-process (default: the built-in default model)")
     r.add_argument("--served-model", help="model name sent to the server (default: the first it lists)")
     r.add_argument("--api-key", help="key of the server (default: none)")
@@ -47,7 +48,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, help="sampling seed (default: random)")
     r.add_argument("--thinking-budgets", default="inf",
                    help="comma list of reasoning-token caps, e.g. 0,64,256,1024,inf (0: no thinking, inf: no cap)")
-    r.add_argument("--judge-url", help="OpenAI-compatible API base of an LLM judge for open answers (default: none)")
+    r.add_argument("--judge-url", type=api_base,
+                   help="OpenAI-compatible API base of an LLM judge for open answers (default: none)")
     r.add_argument("--judge-model", help="the judge's model name (default: the first it lists)")
     r.add_argument("--judge-api-key", help="key of the judge's server (default: none)")
     r.add_argument("--judge-all", action="store_true", help="judge every answer, not only open ones")
