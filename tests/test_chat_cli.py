@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import pytest
 import soundfile as sf
@@ -10,7 +12,7 @@ import soundfile as sf
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import reference, running_server, tone  # noqa: F401
 from stepaudio.chat_cli import DIM, HELP, RESET, run_chat
-from stepaudio.cli import build_parser, main
+from stepaudio.cli import SIGPIPE_EXIT, build_parser, main
 from stepaudio.client import user_message
 from stepaudio.engine.sampling import SamplingParams
 
@@ -113,3 +115,12 @@ def test_a_missing_audio_file_in_a_session_is_refused_at_once(api_base):
     out = io.StringIO()
     run_chat(args, inp=io.StringIO("/audio missing.wav\n/exit\n"), out=out)
     assert out.getvalue() == f"{HELP}\nyou> error: audio file missing.wav does not exist\nyou> "
+
+
+def test_a_closed_stdout_ends_quietly(api_base):
+    """`stepaudio chat ... | head`: the reader goes away; no traceback, no "Broken pipe", SIGPIPE's exit code."""
+    chat = subprocess.Popen([sys.executable, "-m", "stepaudio", "chat", "--api-base", api_base, *FLAGS, "Hi"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chat.stdout.close()   # before the first line is written
+    _, err = chat.communicate(timeout=60)
+    assert (chat.returncode, err) == (SIGPIPE_EXIT, b"")

@@ -90,6 +90,8 @@ def _interactive(session: ChatSession, inp: TextIO, out: TextIO) -> None:
             continue
         try:
             session.ask(text, audio, out)
+        except BrokenPipeError:
+            raise  # nobody reads the answers any more: `stepaudio chat` ends quietly
         except (ServerError, OSError, ValueError) as e:
             out.write(f"error: {e}\n")
         audio = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .evaluation.cli import add_eval, with_default_subcommand
 from .serve_cli import add_serve
 
 DTYPES = ["bfloat16", "float16", "float32"]
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away
 
 
 def _add_make_tiny(sub: argparse._SubParsersAction) -> None:
@@ -256,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         args.func(args)
+    except BrokenPipeError:  # stdout closed early (`stepaudio chat ... | head`): end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return SIGPIPE_EXIT
     except (ValueError, OSError) as e:  # every user-facing error type here derives from these
         print(f"stepaudio {args.command}: error: {e}", file=sys.stderr)
         return 1
