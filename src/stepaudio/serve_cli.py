@@ -1,5 +1,5 @@
-"""`stepaudio serve`: its flags (the official vLLM command's among them) and the checks made before the model
-loads (paths, port, --limit-mm-per-prompt, chat template).
+"""`stepaudio serve`: its flags (the official vLLM command's among them), the checks made before the model
+loads (paths, port, --limit-mm-per-prompt, chat template), and, once it is up, lines to paste that talk to it.
 """
 
 from __future__ import annotations
@@ -7,9 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 
 from .cli_args import non_negative_float, port_number, positive_float, positive_int, require_device, require_path
+
+CHAT_PROMPT = "Say hello."
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +88,7 @@ def audio_limit(value: str) -> int:
 def run_serve(args: argparse.Namespace) -> None:
     """Check what can be checked, take the port, then load the model and serve until Ctrl-C."""
     from .default_model import DEFAULT_MODEL_NAME
-    from .server.sockets import listening_socket
+    from .server.sockets import listening_socket, url_of
     from .text.chat_template import load_chat_template
 
     require_path(args.model_dir, "model folder", folder=True)
@@ -115,4 +119,26 @@ def run_serve(args: argparse.Namespace) -> None:
                               audio_token_formula=args.audio_token_formula, compile_decode=args.compile_decode)
         engine = load_engine(model_dir, dtype=None if args.dtype == "auto" else args.dtype, device=args.device,
                              config=config, max_model_len_given=args.max_model_len is not None)
-        serve(build_app(engine, settings), sock, log_level=args.uvicorn_log_level)
+        ready = ready_message(url_of(sock) + "/v1", names[0], args.api_key is not None)
+        serve(build_app(engine, settings), sock, log_level=args.uvicorn_log_level,
+              on_ready=lambda: print(ready, flush=True))
+
+
+def ready_message(api_base: str, model: str, needs_key: bool) -> str:
+    """What `serve` prints once it answers: a curl and a `stepaudio chat` line for this server, ready to paste.
+    With --api-key they read the key from $STEPAUDIO_API_KEY rather than print it."""
+    body = json.dumps({"model": model, "max_tokens": 256, "messages": [{"role": "user", "content": CHAT_PROMPT}]})
+    auth = ' -H "Authorization: Bearer $STEPAUDIO_API_KEY"' if needs_key else ""
+    key = ' --api-key "$STEPAUDIO_API_KEY"' if needs_key else ""
+    lines = [f"stepaudio serve: ready at {api_base} (model {model}). Try it from another terminal"
+             + (" (with STEPAUDIO_API_KEY set to the --api-key):" if needs_key else ":"),
+             f"  curl {api_base}/chat/completions -H 'Content-Type: application/json'{auth} -d {shlex.quote(body)}",
+             f"  {own_command()} chat --api-base {api_base}{key} {shlex.quote(CHAT_PROMPT)}"]
+    return "\n".join(lines)
+
+
+def own_command() -> str:
+    """How this process was started, for lines to paste: `.venv/bin/stepaudio` as typed, or `python -m stepaudio`."""
+    if Path(sys.argv[0]).name == "stepaudio":
+        return shlex.quote(sys.argv[0])
+    return f"{shlex.quote(sys.executable)} -m stepaudio"

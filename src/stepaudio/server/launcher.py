@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -87,15 +87,29 @@ def build_app(engine: LLMEngine, settings: ServerSettings) -> FastAPI:
     return create_app(AsyncEngine(engine), settings)
 
 
-def _uvicorn(app: FastAPI, log_level: str) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, lifespan="off"))
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling `on_ready` once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None):
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_ready is not None:
+            self._on_ready()
 
 
-def serve(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
+def _uvicorn(app: FastAPI, log_level: str, on_ready: Callable[[], None] | None = None) -> uvicorn.Server:
+    return _Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, lifespan="off"), on_ready)
+
+
+def serve(app: FastAPI, sock: socket.socket, log_level: str = "info",
+          on_ready: Callable[[], None] | None = None) -> None:
     """Serve on a listening socket (from `listening_socket`) until interrupted (Ctrl-C)."""
-    logger.info("serving the OpenAI API at %s/v1 (chat: stepaudio chat --api-base %s/v1)", url_of(sock),
-                url_of(sock))
-    _uvicorn(app, log_level).run(sockets=[sock])
+    host, port = sock.getsockname()[:2]
+    logger.info("serving the OpenAI API at %s/v1 (listening on %s port %d)", url_of(sock), host, port)
+    _uvicorn(app, log_level, on_ready).run(sockets=[sock])
 
 
 class ServerThread:
