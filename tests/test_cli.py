@@ -1,15 +1,18 @@
 """The `stepaudio` command line a new user meets: the list of commands, unknown flags named by the command they
-were given to, every flag's default in --help, bad values refused as they are parsed, and mistakes reported
-before anything loads."""
+were given to, every flag's default in --help, bad values refused as they are parsed, mistakes reported before
+anything loads, and --version."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pytest
 import torch
 
+from stepaudio import __version__
 from stepaudio.cli import build_parser, main
+from stepaudio.default_model.assemble import default_model_dir
 
 COMMANDS = """\
 commands:
@@ -114,6 +117,18 @@ def test_train_align_help_shows_the_recipe_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert f"--steps STEPS decoder-stage steps (default: {AlignConfig.steps})" in out
     assert f"--batch-size BATCH_SIZE examples per step (default: {AlignConfig.batch_size})" in out
+
+
+def test_version_says_torch_devices_and_the_default_model_cache(empty_cache, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"stepaudio {__version__} (Python {sys.version.split()[0]}, torch {torch.__version__})"
+    assert lines[1].startswith("devices: cpu")
+    assert ("cuda (" in lines[1]) == torch.cuda.is_available()
+    assert lines[2] == f"default model: {default_model_dir()} (not assembled yet: the first use builds it)"
+    assert default_model_dir().parent == empty_cache and len(lines) == 3
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from .about import VersionAction
 from .cli_args import (Parser, api_base, non_negative_float, non_negative_int, port_number, positive_float,
                        positive_int, probability, require_device, require_path)
 from .evaluation.cli import add_eval, with_default_subcommand
@@ -231,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="stepaudio", description="Step-Audio-R1 audio reasoning models: serve them, chat with "
                                                   "them, try them in a browser, evaluate and train them.",
                     epilog="Run 'stepaudio COMMAND --help' for a command's flags.")
-    parser.add_argument("--version", action="version", version=f"stepaudio {__version__}")
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the versions of stepaudio and torch, the devices, and where the default "
+                             "model is cached")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     add_serve(sub)
     _add_chat(sub)
