@@ -4,17 +4,17 @@ against it, and Debian's chromium driven by playwright with a fake microphone th
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
-from server_fixtures import MODEL, reference, running_server  # noqa: F401
+from server_fixtures import MODEL, free_port, reference, running_server  # noqa: F401
 from stepaudio.demo.app import build_demo
 from stepaudio.demo.backend import Backend
 
@@ -36,10 +36,12 @@ def wait_until(condition: Callable[[], bool], seconds: float = 20.0, what: str =
         time.sleep(0.05)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def page_served(port: int) -> bool:
+    """Whether a page answers on this loopback port yet."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from demo_fixtures import free_port, wait_until
+from demo_fixtures import free_port, page_served, wait_until
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import MODEL, reference, running_server, tone  # noqa: F401
 from stepaudio.cli import main
@@ -205,19 +205,12 @@ def test_demo_command_serves_the_page_for_a_local_checkpoint(tiny_dir):  # noqa:
     process = subprocess.Popen([sys.executable, "-m", "stepaudio", "demo", "--model", str(tiny_dir), "--port",
                                 str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_until(lambda: process.poll() is not None or _page_served(port), seconds=60, what="page served")
+        wait_until(lambda: process.poll() is not None or page_served(port), seconds=60, what="page served")
         assert process.poll() is None, process.stdout.read()
         assert "Step-Audio-R1" in httpx.get(f"http://127.0.0.1:{port}/config").text
     finally:
         process.terminate()
         process.wait(10)
-
-
-def _page_served(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_backend_splits_raw_thinking_from_a_server_without_the_reasoning_parser(reference):  # noqa: F811
