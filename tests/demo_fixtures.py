@@ -44,6 +44,35 @@ def page_served(port: int) -> bool:
         return False
 
 
+THINKING = "#chat .thought-group"
+ANSWERS = "#chat [data-testid=bot]:not(:has(.thought-group)) .message-content"
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def limit_thinking(page, thinking_tokens: int = 6, max_tokens: int = 24) -> None:
+    """The tiny random model seldom closes </think> by itself: a thinking budget makes it answer."""
+    page.get_by_test_id("limited-radio-label").click()
+    set_number(page, "thinking-budget", thinking_tokens)
+    set_number(page, "max-tokens", max_tokens)
+
+
+def ask(page, text: str) -> None:
+    page.locator("#message textarea").fill(text)
+    page.locator("#send").click()
+
+
+def wait_for_answers(page, n: int, seconds: float = 20.0) -> None:
+    """Until the chat holds n answers, the last one written and its thinking block marked done."""
+    page.locator(ANSWERS).nth(n - 1).wait_for(timeout=seconds * 1000)
+    wait_until(lambda: page.locator(ANSWERS).nth(n - 1).inner_text().strip() != "", seconds, what=f"answer {n}")
+    page.locator(f"{THINKING} .duration").nth(n - 1).wait_for(timeout=seconds * 1000)   # the thinking is done
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("demo_audio") / "clip.wav"

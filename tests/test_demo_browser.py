@@ -4,36 +4,10 @@ and bad input shown as readable messages."""
 
 from __future__ import annotations
 
-from demo_fixtures import ARTIFACTS, browser, clip, demo_url, long_clip, page, server_url, wait_until  # noqa: F401
+from demo_fixtures import (ANSWERS, ARTIFACTS, THINKING, ask, browser, clip, demo_url, limit_thinking,  # noqa: F401
+                           long_clip, page, server_url, set_number, wait_for_answers, wait_until)
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import metric, reference  # noqa: F401
-
-THINKING = "#chat .thought-group"
-ANSWERS = "#chat [data-testid=bot]:not(:has(.thought-group)) .message-content"
-
-
-def set_number(page, elem_id: str, value: float) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-
-
-def limit_thinking(page, thinking_tokens: int = 6, max_tokens: int = 24) -> None:
-    """The tiny random model seldom closes </think> by itself: a thinking budget makes it answer."""
-    page.get_by_test_id("limited-radio-label").click()
-    set_number(page, "thinking-budget", thinking_tokens)
-    set_number(page, "max-tokens", max_tokens)
-
-
-def ask(page, text: str) -> None:
-    page.locator("#message textarea").fill(text)
-    page.locator("#send").click()
-
-
-def wait_for_answers(page, n: int) -> None:
-    page.locator(ANSWERS).nth(n - 1).wait_for()
-    wait_until(lambda: page.locator(ANSWERS).nth(n - 1).inner_text().strip() != "", what=f"answer {n}")
-    page.locator(f"{THINKING} .duration").nth(n - 1).wait_for()   # the thinking block is marked done
 
 
 def test_upload_ask_see_thinking_and_answer(page, speech_wav, server_url):  # noqa: F811
