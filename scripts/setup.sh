@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install stepaudio into ./.venv. Safe to run again: it only adds what is missing.
-#   bash scripts/setup.sh         runtime (CLI, model core, server, web demo)
+#   bash scripts/setup.sh         runtime (CLI, model core, server, web demo, the openai client)
 #   bash scripts/setup.sh --dev   plus what the tests and `stepaudio train` need (pytest, transformers
 #                                 as a numerical reference, ffmpeg, the speech engines that make training
 #                                 and evaluation audio: espeak-ng, MBROLA, flite, SVOX Pico, RHVoice, piper,
@@ -48,8 +48,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-extras="[demo]"
-[ "$dev" = 1 ] && extras="[demo,dev,train]"
+extras="[demo,client]"
+[ "$dev" = 1 ] && extras="[demo,client,dev,train]"
 # torch comes first in the same resolve so nothing can pull a CUDA build.
 # shellcheck disable=SC2086
 .venv/bin/pip install --quiet --disable-pip-version-check ${STEPAUDIO_TORCH:-torch==2.13.0} -e ".${extras}"

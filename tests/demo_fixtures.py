@@ -4,17 +4,17 @@ against it, and Debian's chromium driven by playwright with a fake microphone th
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
-from server_fixtures import MODEL, reference, running_server  # noqa: F401
+from server_fixtures import MODEL, free_port, reference, running_server  # noqa: F401
 from stepaudio.demo.app import build_demo
 from stepaudio.demo.backend import Backend
 
@@ -36,10 +36,41 @@ def wait_until(condition: Callable[[], bool], seconds: float = 20.0, what: str =
         time.sleep(0.05)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def page_served(port: int) -> bool:
+    """Whether a page answers on this loopback port yet."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+THINKING = "#chat .thought-group"
+ANSWERS = "#chat [data-testid=bot]:not(:has(.thought-group)) .message-content"
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def limit_thinking(page, thinking_tokens: int = 6, max_tokens: int = 24) -> None:
+    """The tiny random model seldom closes </think> by itself: a thinking budget makes it answer."""
+    page.get_by_test_id("limited-radio-label").click()
+    set_number(page, "thinking-budget", thinking_tokens)
+    set_number(page, "max-tokens", max_tokens)
+
+
+def ask(page, text: str) -> None:
+    page.locator("#message textarea").fill(text)
+    page.locator("#send").click()
+
+
+def wait_for_answers(page, n: int, seconds: float = 20.0) -> None:
+    """Until the chat holds n answers, the last one written and its thinking block marked done."""
+    page.locator(ANSWERS).nth(n - 1).wait_for(timeout=seconds * 1000)
+    wait_until(lambda: page.locator(ANSWERS).nth(n - 1).inner_text().strip() != "", seconds, what=f"answer {n}")
+    page.locator(f"{THINKING} .duration").nth(n - 1).wait_for(timeout=seconds * 1000)   # the thinking is done
 
 
 @pytest.fixture(scope="module")

@@ -78,12 +78,19 @@ def free_port() -> int:
 
 @contextmanager
 def serve_cli(args: list[str], log: Path, timeout: float = 60) -> Iterator[str]:
-    """`python -m stepaudio serve ARGS --port P` as a user starts it; yields the base URL once /health
-    answers and stops it with Ctrl-C (SIGINT) afterwards. Its output goes to `log`."""
+    """`python -m stepaudio serve ARGS --port P` as a user starts it; see `serve_command`."""
     port = free_port()
+    with serve_command([sys.executable, "-m", "stepaudio", "serve", *args, "--port", str(port)], port, log,
+                       timeout) as url:
+        yield url
+
+
+@contextmanager
+def serve_command(argv: list[str], port: int, log: Path, timeout: float = 60, cwd: Path | None = None) -> Iterator[str]:
+    """Run a command line that serves on `port`; yield its base URL once /health answers and stop it with Ctrl-C
+    (SIGINT) afterwards. Its output (stdout and stderr) goes to `log`."""
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "stepaudio", "serve", *args, "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         deadline = time.monotonic() + timeout
         while True:

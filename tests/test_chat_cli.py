@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import pytest
 import soundfile as sf
 
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import reference, running_server, tone  # noqa: F401
-from stepaudio.chat_cli import DIM, RESET, run_chat
-from stepaudio.cli import build_parser, main
+from stepaudio.chat_cli import DIM, HELP, RESET, run_chat
+from stepaudio.cli import SIGPIPE_EXIT, build_parser, main
 from stepaudio.client import user_message
 from stepaudio.engine.sampling import SamplingParams
 
@@ -87,7 +89,38 @@ def test_errors_are_one_line(argv, capsys):
     assert err.startswith("stepaudio chat: error: ") and err.count("\n") == 1
 
 
-def test_a_refused_request_is_one_line(api_base, capsys):
-    assert main(["chat", "--api-base", api_base, "--temperature", "-1", "hi"]) == 1
+def test_a_refused_request_is_one_line(reference, capsys):  # noqa: F811
+    with running_server(reference, api_key="secret") as url:
+        assert main(["chat", "--api-base", url + "/v1", "hi"]) == 1
     err = capsys.readouterr().err
-    assert "temperature must be non-negative" in err and err.count("\n") == 1
+    assert err.startswith("stepaudio chat: error: HTTP 401: ") and err.count("\n") == 1
+
+
+def test_the_api_base_may_leave_out_v1(api_base, capsys):
+    assert main(["chat", "--api-base", api_base, *FLAGS, "Hi"]) == 0
+    with_v1 = capsys.readouterr().out
+    assert main(["chat", "--api-base", api_base.removesuffix("/v1"), *FLAGS, "Hi"]) == 0
+    assert capsys.readouterr().out == with_v1
+
+
+def test_an_api_base_with_no_api_there_says_what_to_add(api_base, capsys):
+    wrong = api_base.removesuffix("/v1") + "/api"
+    assert main(["chat", "--api-base", wrong, "Hi"]) == 1
+    assert capsys.readouterr().err == (f"stepaudio chat: error: HTTP 404 at {wrong}/models: no OpenAI API at {wrong}; "
+                                       "an API base usually ends in /v1\n")
+
+
+def test_a_missing_audio_file_in_a_session_is_refused_at_once(api_base):
+    args = build_parser().parse_args(["chat", "--api-base", api_base, *FLAGS])
+    out = io.StringIO()
+    run_chat(args, inp=io.StringIO("/audio missing.wav\n/exit\n"), out=out)
+    assert out.getvalue() == f"{HELP}\nyou> error: audio file missing.wav does not exist\nyou> "
+
+
+def test_a_closed_stdout_ends_quietly(api_base):
+    """`stepaudio chat ... | head`: the reader goes away; no traceback, no "Broken pipe", SIGPIPE's exit code."""
+    chat = subprocess.Popen([sys.executable, "-m", "stepaudio", "chat", "--api-base", api_base, *FLAGS, "Hi"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chat.stdout.close()   # before the first line is written
+    _, err = chat.communicate(timeout=60)
+    assert (chat.returncode, err) == (SIGPIPE_EXIT, b"")

@@ -4,36 +4,10 @@ and bad input shown as readable messages."""
 
 from __future__ import annotations
 
-from demo_fixtures import ARTIFACTS, browser, clip, demo_url, long_clip, page, server_url, wait_until  # noqa: F401
+from demo_fixtures import (ANSWERS, ARTIFACTS, THINKING, ask, browser, clip, demo_url, limit_thinking,  # noqa: F401
+                           long_clip, page, server_url, set_number, wait_for_answers, wait_until)
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import metric, reference  # noqa: F401
-
-THINKING = "#chat .thought-group"
-ANSWERS = "#chat [data-testid=bot]:not(:has(.thought-group)) .message-content"
-
-
-def set_number(page, elem_id: str, value: float) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-
-
-def limit_thinking(page, thinking_tokens: int = 6, max_tokens: int = 24) -> None:
-    """The tiny random model seldom closes </think> by itself: a thinking budget makes it answer."""
-    page.get_by_test_id("limited-radio-label").click()
-    set_number(page, "thinking-budget", thinking_tokens)
-    set_number(page, "max-tokens", max_tokens)
-
-
-def ask(page, text: str) -> None:
-    page.locator("#message textarea").fill(text)
-    page.locator("#send").click()
-
-
-def wait_for_answers(page, n: int) -> None:
-    page.locator(ANSWERS).nth(n - 1).wait_for()
-    wait_until(lambda: page.locator(ANSWERS).nth(n - 1).inner_text().strip() != "", what=f"answer {n}")
-    page.locator(f"{THINKING} .duration").nth(n - 1).wait_for()   # the thinking block is marked done
 
 
 def test_upload_ask_see_thinking_and_answer(page, speech_wav, server_url):  # noqa: F811
@@ -105,7 +79,23 @@ def test_server_error_is_a_readable_chat_message(page, long_clip):  # noqa: F811
     assert "0.0 s used" in page.locator("#budget-note").inner_text()   # a refused turn costs no budget
 
 
-def test_nothing_to_send_is_explained(page):
-    page.locator("#send").click()
-    page.get_by_text("Nothing to send").first.wait_for()
-    assert page.locator("#chat [data-testid=user]").count() == 0
+def test_an_empty_send_is_a_notice_that_leaves_the_page_as_it_was(page):
+    limit_thinking(page)
+    ask(page, "Hello")
+    wait_for_answers(page, 1)
+    def shown() -> tuple[list[str], list[str], str]:   # the turns (the thinking block folds away by itself)
+        return (page.locator("#chat [data-testid=user]").all_inner_texts(), page.locator(ANSWERS).all_inner_texts(),
+                page.locator("#budget-note").inner_text())
+    before = shown()
+    page.locator("#send").click()   # nothing typed, no audio
+    toast = page.locator(".toast-body")
+    toast.wait_for()
+    assert "Warning" in toast.inner_text() and "Nothing to send" in toast.inner_text()
+    page.wait_for_timeout(1000)   # time for any status badge to appear (an error showed at once)
+    assert page.locator(".error").count() == 0   # no red "Error" over the chat, audio, note or message box
+    assert page.locator("#chat").is_visible() and shown() == before and len(before[0]) == 1
+
+
+def test_the_budget_note_adds_up_before_anything_is_sent(page):
+    assert page.locator("#budget-note").inner_text() == (
+        "Audio budget: 0.0 s used, 60.0 s left of 60.0 s per conversation")

@@ -4,6 +4,8 @@ and the `stepaudio demo` command's one-line errors."""
 
 from __future__ import annotations
 
+import re
+import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from demo_fixtures import free_port, wait_until
+from demo_fixtures import free_port, page_served, wait_until
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import MODEL, reference, running_server, tone  # noqa: F401
 from stepaudio.cli import main
@@ -58,7 +60,7 @@ def test_audio_budget_counts_used_and_left():
     budget = AudioBudget(limit_seconds=60)
     budget.spend(25.5)
     assert budget.left_seconds == pytest.approx(34.5)
-    assert budget.note() == "Audio budget: **25.5 s used**, 34.5 s left of 60 s per conversation"
+    assert budget.note() == "Audio budget: **25.5 s used**, 34.5 s left of 60.0 s per conversation"
     budget.check(34.5)  # exactly what is left fits
     with pytest.raises(InputProblem, match="only 34.5 s"):
         budget.spend(40)
@@ -67,6 +69,16 @@ def test_audio_budget_counts_used_and_left():
 
 def test_default_budget_is_upstreams_ten_megabytes_of_wav():
     assert AudioBudget().limit_seconds * 16000 * 2 == 10 * 2**20
+    assert AudioBudget().note() == "Audio budget: **0.0 s used**, 327.7 s left of 327.7 s per conversation"
+
+
+@pytest.mark.parametrize("used", [0.0, 0.04, 0.05, 12.34, 12.35, 100.26, 327.64, 327.68])
+def test_the_budget_notes_figures_add_up(used):
+    used_shown, left_shown, limit_shown = re.fullmatch(
+        r"Audio budget: \*\*(\d+\.\d) s used\*\*, (\d+\.\d) s left of (\d+\.\d) s per conversation",
+        AudioBudget(used_seconds=used).note()).groups()
+    assert round(float(used_shown) + float(left_shown), 1) == float(limit_shown) == 327.7
+    assert float(used_shown) == pytest.approx(used, abs=0.05)
 
 
 def test_long_audio_goes_as_25_second_parts_after_the_text(wav_file):
@@ -181,24 +193,24 @@ def test_demo_command_errors_are_one_line(capsys, tmp_path):
     assert "does not exist" in lines[0] and "127.0.0.1:9" in lines[1]
 
 
+def test_demo_on_a_busy_port_says_so_before_reaching_the_model(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        assert main(["demo", "--api-base", "http://127.0.0.1:9/v1", "--port", str(port)]) == 1
+    assert capsys.readouterr().err == f"stepaudio demo: error: port {port} is in use; pass --port\n"
+
+
 def test_demo_command_serves_the_page_for_a_local_checkpoint(tiny_dir):  # noqa: F811
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "stepaudio", "demo", "--model", str(tiny_dir), "--port",
                                 str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_until(lambda: process.poll() is not None or _page_served(port), seconds=60, what="page served")
+        wait_until(lambda: process.poll() is not None or page_served(port), seconds=60, what="page served")
         assert process.poll() is None, process.stdout.read()
         assert "Step-Audio-R1" in httpx.get(f"http://127.0.0.1:{port}/config").text
     finally:
         process.terminate()
         process.wait(10)
-
-
-def _page_served(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_backend_splits_raw_thinking_from_a_server_without_the_reasoning_parser(reference):  # noqa: F811

@@ -1,6 +1,13 @@
-"""`stepaudio serve` as a user starts it: the official vLLM flags, start-up logs, a request, clean errors."""
+"""`stepaudio serve` as a user starts it: the official vLLM flags, start-up logs, a request, the lines to paste
+once it is ready, a busy port found before the model loads, clean errors."""
 
 from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 
 import pytest
 from openai import OpenAI
@@ -8,6 +15,7 @@ from openai import OpenAI
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import serve_cli
 from stepaudio.cli import main
+from stepaudio.serve_cli import ready_message
 from stepaudio.server.launcher import UPSTREAM_FLAG_NOTES
 from stepaudio.text.chat_template import R1_CHAT_TEMPLATE
 
@@ -46,3 +54,39 @@ def test_serve_errors_are_one_line(tiny_dir, capsys, argv, message):  # noqa: F8
     assert main([a.replace("{tiny}", str(tiny_dir)) for a in argv]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("stepaudio serve: error: ") and message in err[-1]
+
+
+def test_once_ready_it_prints_a_curl_and_a_chat_line_that_work(tiny_dir, tmp_path):  # noqa: F811
+    log = tmp_path / "serve.log"
+    with serve_cli([str(tiny_dir), "--max-model-len", "256", "--kv-cache-memory-gb", "0.01",
+                    "--reasoning-parser", "step_audio"], log) as url:
+        lines = log.read_text().splitlines()
+        ready = lines.index(f"stepaudio serve: ready at {url}/v1 (model {tiny_dir}). Try it from another terminal:")
+        curl, chat = lines[ready + 1:ready + 3]
+        assert curl.startswith(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{{")
+        assert chat == f"  {sys.executable} -m stepaudio chat --api-base {url}/v1 'Say hello.'"
+        reply = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
+        assert json.loads(reply.stdout)["choices"][0]["message"]["role"] == "assistant"
+        chatted = subprocess.run(["bash", "-c", chat], capture_output=True, text=True, timeout=120)
+        assert chatted.returncode == 0 and chatted.stdout.startswith("── thinking ──\n"), chatted.stderr
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port another server listens on."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        yield other.getsockname()[1]
+
+
+def test_a_busy_port_is_reported_before_the_model_loads(busy_port, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STEPAUDIO_CACHE_DIR", str(tmp_path))   # loading the default model would assemble it here
+    assert main(["serve", "--port", str(busy_port)]) == 1
+    assert capsys.readouterr().err == f"stepaudio serve: error: port {busy_port} is in use; pass --port\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_ready_lines_read_the_api_key_from_the_environment():
+    lines = ready_message("http://127.0.0.1:9999/v1", "m", needs_key=True).splitlines()
+    assert lines[0].endswith("Try it from another terminal (with STEPAUDIO_API_KEY set to the --api-key):")
+    assert ' -H "Authorization: Bearer $STEPAUDIO_API_KEY" ' in lines[1]
+    assert lines[2].endswith(' chat --api-base http://127.0.0.1:9999/v1 --api-key "$STEPAUDIO_API_KEY" \'Say hello.\'')

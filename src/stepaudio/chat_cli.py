@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from .cli_args import require_path
 from .client import ServerError, list_models, split_stream, stream_chat, user_message
-from .endpoint import model_endpoint
+from .endpoint import check_endpoint, model_endpoint
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 HELP = "commands: /audio FILE (attach to the next message), /reset (forget the history), /exit"
@@ -72,7 +73,13 @@ def _interactive(session: ChatSession, inp: TextIO, out: TextIO) -> None:
             return
         text = line.strip()
         if text.startswith("/audio "):
-            audio = text.removeprefix("/audio ").strip()
+            path = text.removeprefix("/audio ").strip()
+            try:
+                require_path(path, "audio file")
+            except OSError as e:
+                out.write(f"error: {e}\n")
+                continue
+            audio = path
             out.write(f"(audio {audio} goes with your next message)\n")
             continue
         if text == "/reset":
@@ -83,6 +90,8 @@ def _interactive(session: ChatSession, inp: TextIO, out: TextIO) -> None:
             continue
         try:
             session.ask(text, audio, out)
+        except BrokenPipeError:
+            raise  # nobody reads the answers any more: `stepaudio chat` ends quietly
         except (ServerError, OSError, ValueError) as e:
             out.write(f"error: {e}\n")
         audio = None
@@ -96,6 +105,9 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_chat(args: argparse.Namespace, inp: TextIO | None = None, out: TextIO | None = None) -> None:
+    """Check the arguments (before any model loads), reach the model, then one question or a session."""
+    check_endpoint(args)
+    require_path(args.audio, "audio file")
     inp, out = inp or sys.stdin, out or sys.stdout
     with model_endpoint(args) as (api_base, splits):
         names = list_models(api_base, args.api_key)

@@ -5,7 +5,9 @@
 - `ThinkingSplitter` / `split_stream`: a chat-completions stream as ("thinking", text) and
   ("answer", text) pieces, whether the server splits reasoning (`reasoning_content`) or sends the
   raw text with `</think>` in `content`;
-- `stream_chat`: POST a streaming request and yield its chunks, with plain httpx.
+- `stream_chat`: POST a streaming request and yield its chunks, with plain httpx;
+- `api_base_url`: what a user types as the server address, as the OpenAI API base (`/v1` added to a bare
+  address, as every OpenAI-compatible server serves there).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -140,6 +143,16 @@ def stream_chat(api_base: str, payload: dict[str, Any], api_key: str | None = No
         raise ServerError(f"{url}: {e}") from None
 
 
+def api_base_url(address: str) -> str:
+    """An http(s) server address as its OpenAI API base: `http://host:9999` means `http://host:9999/v1`;
+    an address with a path is kept as it is (a proxy may serve the API anywhere)."""
+    parts = urlsplit(address.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL like http://127.0.0.1:9999/v1: {address!r}")
+    base = address.strip().rstrip("/")
+    return base + "/v1" if parts.path in ("", "/") else base
+
+
 def list_models(api_base: str, api_key: str | None = None, timeout: float = 30.0) -> list[str]:
     """The served model names, first the default one."""
     url = api_base.rstrip("/") + "/models"
@@ -147,6 +160,8 @@ def list_models(api_base: str, api_key: str | None = None, timeout: float = 30.0
         response = httpx.get(url, headers=_auth(api_key), timeout=timeout)
     except httpx.HTTPError as e:
         raise ServerError(f"{url}: {e}") from None
+    if response.status_code == 404:
+        raise ServerError(f"HTTP 404 at {url}: no OpenAI API at {api_base}; an API base usually ends in /v1")
     _raise_for_error(response)
     return [m["id"] for m in response.json()["data"]]
 

@@ -6,6 +6,16 @@ import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .cli_args import require_device, require_path
+
+
+def check_endpoint(args: argparse.Namespace) -> None:
+    """Find what is wrong with --model / --device before anything loads (--api-base is checked as it is parsed,
+    and answers for itself)."""
+    if args.api_base is None:
+        require_path(args.model, "model folder", folder=True)
+        require_device(args.device)
+
 
 @contextmanager
 def model_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, bool | None]]:

@@ -72,8 +72,10 @@ def build_demo(backend: Backend, pictures_dir: Path, audio_budget_seconds: float
                     conv: Conversation, request: gr.Request) -> Iterator[tuple[Any, ...]]:
             try:
                 turn = prepare_turn(text_value, audio_path, conv.budget)
-            except InputProblem as e:
-                raise gr.Error(str(e), title="Not sent", print_exception=False) from None
+            except InputProblem as e:  # a notice; raising gr.Error would put error badges over every output
+                gr.Warning(str(e))
+                yield tuple(gr.skip() for _ in outputs)
+                return
             conv.shown += shown_user_turn(text_value, audio_path, turn, pictures_dir)
             messages = conv.request_messages(system_value, turn)
             options = sampling_options(max_tokens_value, temperature_value, top_p_value, mode, budget_tokens)

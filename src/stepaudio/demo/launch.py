@@ -9,13 +9,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..client import list_models
-from ..endpoint import model_endpoint
+from ..endpoint import check_endpoint, model_endpoint
+from ..server.sockets import listening_socket
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    """Serve the demo until Ctrl-C; errors (no model, server unreachable, gradio missing) are one line."""
-    if args.model is not None and not Path(args.model).is_dir():
-        raise FileNotFoundError(f"model folder {args.model} does not exist")
+    """Serve the demo until Ctrl-C; errors (no model, busy port, server unreachable, gradio missing) are one
+    line, and all but an unreachable server are found before a model loads."""
+    check_endpoint(args)
+    listening_socket(args.host, args.port).close()  # gradio takes the port itself, after the model is loaded
     try:
         from .app import build_demo
         from .backend import Backend

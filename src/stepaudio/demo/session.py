@@ -31,11 +31,18 @@ class AudioBudget:
     def left_seconds(self) -> float:
         return max(0.0, self.limit_seconds - self.used_seconds)
 
+    def shown(self) -> tuple[float, float, float]:
+        """Used, left and limit as shown, in tenths of a second: rounded so that used + left = limit."""
+        limit = round(self.limit_seconds, 1)
+        used = min(round(self.used_seconds, 1), limit)
+        return used, round(limit - used, 1), limit
+
     def check(self, seconds: float) -> None:
         """Raise InputProblem when a clip of this length does not fit in what is left."""
         if seconds > self.left_seconds + 1e-9:
-            raise InputProblem(f"This clip is {seconds:.1f} s long but only {self.left_seconds:.1f} s of this "
-                               f"conversation's audio budget ({self.limit_seconds:.0f} s) is left. "
+            _, left, limit = self.shown()
+            raise InputProblem(f"This clip is {seconds:.1f} s long but only {left:.1f} s of this "
+                               f"conversation's audio budget ({limit:.1f} s) is left. "
                                "Press Clear to start a new conversation, or send a shorter clip.")
 
     def spend(self, seconds: float) -> None:
@@ -44,8 +51,8 @@ class AudioBudget:
 
     def note(self) -> str:
         """The line under the chat: used and remaining audio."""
-        return (f"Audio budget: **{self.used_seconds:.1f} s used**, {self.left_seconds:.1f} s left "
-                f"of {self.limit_seconds:.0f} s per conversation")
+        used, left, limit = self.shown()
+        return f"Audio budget: **{used:.1f} s used**, {left:.1f} s left of {limit:.1f} s per conversation"
 
 
 @dataclass

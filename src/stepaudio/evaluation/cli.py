@@ -6,49 +6,59 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli_args import (api_base, non_negative_float, non_negative_int, positive_float, positive_int, probability,
+                        require_device, require_path)
+
 SUBCOMMANDS = ("run", "make-synthetic")
 PLOT_NAME = "accuracy_vs_reasoning_tokens.png"
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on an audio benchmark manifest; thinking-budget sweeps",
+    p = sub.add_parser("eval", help="score a model on an audio benchmark; thinking sweeps",
                        description="stepaudio eval MANIFEST [options] runs an evaluation (the 'run' word is "
                                    "optional); stepaudio eval make-synthetic --out DIR writes an offline benchmark. "
                                    "See docs/EVALUATION.md.")
-    steps = p.add_subparsers(dest="eval_command", required=True, metavar="{MANIFEST,make-synthetic}")
+    steps = p.add_subparsers(dest="eval_command", metavar="{MANIFEST,make-synthetic}", title="commands")
     r = steps.add_parser("run", help="evaluate MANIFEST (the default subcommand)")
     r.add_argument("manifest", type=Path, help="JSONL/JSON manifest; audio paths are relative to its folder")
     r.add_argument("--layout", default="auto", help="auto, jsonl, mmau, mmar, bba or spoken-mqa")
-    r.add_argument("--category-field", help="group the summary by this field of the manifest records")
-    r.add_argument("--limit", type=int, help="only the first N items")
+    r.add_argument("--category-field",
+                   help="group the summary by this field of the manifest records (default: no grouping)")
+    r.add_argument("--limit", type=positive_int, help="only the first N items (default: all)")
     target = r.add_mutually_exclusive_group()
-    target.add_argument("--server", metavar="URL", help="OpenAI-compatible API base, e.g. http://localhost:8000/v1")
+    target.add_argument("--server", metavar="URL", type=api_base,
+                        help="OpenAI-compatible API base, e.g. http://localhost:8000/v1 (/v1 may be left out; "
+                             "default: none, see --model)")
     target.add_argument("--model", type=Path, help="model folder run in-process (default: the built-in default model)")
     r.add_argument("--served-model", help="model name sent to the server (default: the first it lists)")
-    r.add_argument("--api-key")
-    r.add_argument("--dtype", help="in-process dtype (default: the checkpoint's)")
+    r.add_argument("--api-key", help="key of the server (default: none)")
+    r.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="in-process dtype (default: the checkpoint's)")
     r.add_argument("--device", default="cpu", help="in-process device")
     r.add_argument("--out", type=Path, help="results folder (default: eval_<manifest name>)")
-    r.add_argument("--concurrency", type=int, default=8, help="requests in flight (in-process: batch size)")
-    r.add_argument("--retries", type=int, default=5, help="retries with backoff on 429, 5xx and lost connections")
-    r.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
-    r.add_argument("--max-tokens", type=int, default=4096, help="upstream scripts use 32000")
-    r.add_argument("--temperature", type=float, default=0.7, help="upstream default 0.7")
-    r.add_argument("--top-p", type=float)
-    r.add_argument("--repetition-penalty", type=float, help="upstream uses 1.07 for MMAR, 1.0 elsewhere")
-    r.add_argument("--seed", type=int)
+    r.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight (in-process: batch size)")
+    r.add_argument("--retries", type=non_negative_int, default=5,
+                   help="retries with backoff on 429, 5xx and lost connections")
+    r.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per request")
+    r.add_argument("--max-tokens", type=positive_int, default=4096, help="upstream scripts use 32000")
+    r.add_argument("--temperature", type=non_negative_float, default=0.7, help="0 = greedy; upstream uses 0.7")
+    r.add_argument("--top-p", type=probability, help="nucleus sampling (default: the server's)")
+    r.add_argument("--repetition-penalty", type=positive_float,
+                   help="upstream uses 1.07 for MMAR, 1.0 elsewhere (default: the server's)")
+    r.add_argument("--seed", type=int, help="sampling seed (default: random)")
     r.add_argument("--thinking-budgets", default="inf",
                    help="comma list of reasoning-token caps, e.g. 0,64,256,1024,inf (0: no thinking, inf: no cap)")
-    r.add_argument("--judge-url", help="OpenAI-compatible API base of an LLM judge for open answers")
+    r.add_argument("--judge-url", type=api_base,
+                   help="OpenAI-compatible API base of an LLM judge for open answers (default: none)")
     r.add_argument("--judge-model", help="the judge's model name (default: the first it lists)")
-    r.add_argument("--judge-api-key")
+    r.add_argument("--judge-api-key", help="key of the judge's server (default: none)")
     r.add_argument("--judge-all", action="store_true", help="judge every answer, not only open ones")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=run_eval_command)
     m = steps.add_parser("make-synthetic", help="write a seeded offline benchmark: sounds, rhythm, spoken arithmetic")
     m.add_argument("--out", type=Path, required=True, help="folder for audio/ and manifest.jsonl")
-    m.add_argument("--n-per-task", type=int, default=20)
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--n-per-task", type=positive_int, default=20, help="items per task")
+    m.add_argument("--seed", type=int, default=0, help="seed of the items")
     m.add_argument("--tasks", help="comma list of tasks (default: all)")
     m.set_defaults(func=make_synthetic_command)
 
@@ -77,8 +87,9 @@ def run_eval_command(args: argparse.Namespace) -> None:
     from .report import plot_sweep, summarize, sweep_markdown, table
     from .runner import InProcessBackend, ResultStore, Sampling, ServerBackend, parse_budgets, run_eval
 
-    if args.concurrency < 1 or args.max_tokens < 1 or (args.limit is not None and args.limit < 1):
-        raise ValueError("--concurrency, --max-tokens and --limit must be at least 1")
+    require_path(args.model, "model folder", folder=True)
+    if not args.server:
+        require_device(args.device)
     budgets = parse_budgets(args.thinking_budgets)
     items = read_manifest(args.manifest, args.layout, args.category_field)[:args.limit]
     judge = _judge(args)

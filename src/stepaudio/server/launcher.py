@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +22,7 @@ from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
 from .app import create_app
 from .settings import ServerSettings
+from .sockets import listening_socket, url_of
 
 logger = logging.getLogger("stepaudio.server")
 
@@ -86,37 +87,36 @@ def build_app(engine: LLMEngine, settings: ServerSettings) -> FastAPI:
     return create_app(AsyncEngine(engine), settings)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket; port 0 picks a free one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling `on_ready` once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None):
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_ready is not None:
+            self._on_ready()
 
 
-def url_of(sock: socket.socket) -> str:
+def _uvicorn(app: FastAPI, log_level: str, on_ready: Callable[[], None] | None = None) -> uvicorn.Server:
+    return _Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, lifespan="off"), on_ready)
+
+
+def serve(app: FastAPI, sock: socket.socket, log_level: str = "info",
+          on_ready: Callable[[], None] | None = None) -> None:
+    """Serve on a listening socket (from `listening_socket`) until interrupted (Ctrl-C)."""
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _uvicorn(app: FastAPI, log_level: str) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, lifespan="off"))
-
-
-def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C)."""
-    sock = bind(host, port)
-    logger.info("serving the OpenAI API at %s/v1 (chat: stepaudio chat --api-base %s/v1)", url_of(sock),
-                url_of(sock))
-    _uvicorn(app, log_level).run(sockets=[sock])
+    logger.info("serving the OpenAI API at %s/v1 (listening on %s port %d)", url_of(sock), host, port)
+    _uvicorn(app, log_level, on_ready).run(sockets=[sock])
 
 
 class ServerThread:
     """Serve an app from a background thread on a loopback port; a context manager (for chat and tests)."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        self._sock = bind(host, port)
+        self._sock = listening_socket(host, port)
         self.url = url_of(self._sock)
         self._server = _uvicorn(app, log_level)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)

@@ -28,14 +28,12 @@ from .conversations import Conversation, Turn, conversation_messages, random_con
 from .questions import (CAPITALS, HELDOUT_REPEAT_SENTENCES, Question, answer_is_correct, arithmetic_question,
                         question_pool)
 from .sounds import CHANCE, TASKS, random_sound_item
-from .speech import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILY_SHARES, random_voice, speak
+from .speech import FAMILIES, REPORT_FAMILIES, random_voice, speak
 from .targets import Target, heard
 
 # Held-out instruction for "repeat what was said" (training used other phrasings).
 REPEAT_PROMPT = "Say back exactly the words you heard."
 GREEDY = SamplingParams(temperature=0.0, max_tokens=160)
-# Every family by default: held out first, then the training ones.
-DEFAULT_FAMILIES = HELDOUT_FAMILIES + tuple(TRAIN_FAMILY_SHARES)
 MULTITURN_KINDS = ("capital", "again", "sum", "new")
 
 
@@ -139,7 +137,7 @@ def _score_conversations(llm: LLM, convs: list[Conversation], family: str | None
 
 
 def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items: int = 20,
-             whisper_reference: bool = True, families: tuple[str, ...] = DEFAULT_FAMILIES,
+             whisper_reference: bool = True, families: tuple[str, ...] = REPORT_FAMILIES,
              multiturn_family: str | None = "pico", multiturn_per_kind: int = 8) -> Report:
     """The held-out report; with `whisper_reference`, also the decoder given Whisper-base's transcripts."""
     unknown = [f for f in families if f not in FAMILIES]

@@ -99,6 +99,8 @@ TRAIN_FAMILY_SHARES = {"espeak": 0.2, "piper": 0.15, "flite": 0.15, "rhvoice": 0
 HELDOUT_FAMILIES = ("pico", "mbrola", "espeak-heldout", "espeak-clear")
 # The held-out families of natural-sounding voices, on which the goal (spoken vs typed) is measured.
 NATURAL_HELDOUT_FAMILIES = ("pico", "mbrola")
+# What `train evaluate` speaks the held-out questions in by default: every family, held-out ones first.
+REPORT_FAMILIES = HELDOUT_FAMILIES + tuple(TRAIN_FAMILY_SHARES)
 
 
 def _run(cmd: list[str], engine: str, stdin: bytes | None = None) -> bytes:
