@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,54 @@ def test_whisper_reference_transcribes_with_the_pinned_whisper_base(cache):
     assert errors <= 1, heard
     joined = whisper_model_dir() / "model.bin"
     assert joined.parent.parent == cache and joined.stat().st_size == sum(p.size for p in WHISPER_BASE_PARTS)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# (clip, what the README says to ask, the word the README's quoted answer and the model's must contain)
+README_EXAMPLES = [("question.flac", "Answer the question.", "Paris"), ("beeps.flac", "How many beeps do you hear?", "3")]
+
+
+def _ask(llm: LLM, messages: list[dict]) -> str:
+    answer = llm.chat([messages], GREEDY)[0].completions[0]
+    assert answer.finish_reason == "stop", (answer.reasoning, answer.content)
+    return answer.content.strip()
+
+
+@pytest.mark.parametrize(("clip", "ask", "word"), README_EXAMPLES)
+def test_readme_examples_answer_as_the_readme_says(llm, clip, ask, word):
+    from stepaudio.audio.io import load_audio
+
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if f"`examples/{clip}`" in line)
+    claimed = row.rstrip(" |").rsplit("|", 1)[-1].strip()
+    assert f'"{ask}"' in row and word in claimed
+    # as `stepaudio chat --audio CLIP "ASK"` sends it: the text, then the audio
+    answer = _ask(llm, [{"role": "user", "content": [{"type": "text", "text": ask},
+                                                     {"type": "audio", "audio": load_audio(ROOT / "examples" / clip)}]}])
+    assert re.search(rf"\b{word}\b", answer), answer
+
+
+def test_spoken_follow_up_is_answered_in_context(llm):
+    """Two spoken turns, history as the chat CLI keeps it (the first answer without its thinking).
+
+    The voice is a training family's (RHVoice bdl): this checks that the second turn is read in the context
+    of the first. How well held-out voices are heard in follow-ups is measured by `train evaluate`
+    (multi-turn rows of docs/DEFAULT_MODEL.md: a short "And of Germany?" in a held-out voice is often
+    misheard as another country)."""
+    from stepaudio.train.speech import family_available
+
+    if family_available("rhvoice"):
+        pytest.skip(f"rhvoice: {family_available('rhvoice')}")
+    voice = Voice("rhvoice", "bdl")
+
+    def spoken(text: str) -> dict:
+        return {"role": "user", "content": [{"type": "audio", "audio": speak(text, voice)}]}
+
+    first = spoken("What is the capital of Italy?")
+    rome = _ask(llm, [first])
+    assert "Rome" in rome
+    assert "Berlin" in _ask(llm, [first, {"role": "assistant", "content": rome}, spoken("And of Germany?")])
+    beeps = count_item(np.random.default_rng(7), n=3)
+    answer = _ask(llm, [first, {"role": "assistant", "content": rome},
+                        {"role": "user", "content": [{"type": "text", "text": beeps.question},
+                                                     {"type": "audio", "audio": beeps.wav}]}])
+    assert re.search(r"\b(3|three)\b", answer), answer
