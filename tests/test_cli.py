@@ -144,6 +144,7 @@ def test_version_says_torch_devices_and_the_default_model_cache(empty_cache, cap
     (["train", "align", "--out", "run", "--init-delta", "missing.safetensors"],
      "stepaudio train: error: --init-delta missing.safetensors does not exist"),
     (["train", "evaluate", "--model", "no-model"], "stepaudio train: error: model folder no-model does not exist"),
+    (["train", "evaluate", "--families", "pico,festival"], None),
 ])
 def test_mistakes_are_reported_before_anything_loads(argv, message, empty_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -76,7 +76,7 @@ def test_heldout_conversations_use_heldout_countries_and_phrasings():
 def test_conversation_messages_keep_turn_order_and_audio_order():
     rng = np.random.default_rng(2)
     beeps = np.zeros(1600, np.float32)
-    new_turn = (Turn("How many beeps?", False, beeps), Target("How many beeps?", "r", "There are 3 beeps."), ("3",))
+    new_turn = (Turn("How many beeps?", beeps), Target("How many beeps?", "r", "There are 3 beeps."), ("3",))
     conv = random_conversation(rng, _items(), new_turn=new_turn, kind="new")
     messages, parts = conversation_messages(conv, [True, False])
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]

@@ -43,7 +43,7 @@ class ChatResult:
 
 
 class LLM:
-    def __init__(self, model_dir: str | Path, *, dtype: str | None = None, device: str = "cpu",
+    def __init__(self, model_dir: str | Path, *, dtype: str | torch.dtype | None = None, device: str = "cpu",
                  **engine_options: Any):
         self.tokenizer = StepTokenizer.from_dir(model_dir)
         self.model = load_model(model_dir, dtype=dtype, device=device)

@@ -2,8 +2,8 @@
 
 The encoder and the decoder weights stay frozen (the decoder in bf16 where oneDNN has bf16 kernels, else
 in fp32: without them a bf16 matrix product measured 6x slower than fp32); the adaptor and the LoRA pairs
-train in fp32, under bf16 autocast when the decoder is bf16. Loss is on the target tokens only, and logits are computed only
-there (the 151936-row head is the largest single matrix). State is saved every `save_every` steps and a
+train in fp32, under bf16 autocast when the decoder is bf16. Loss is on the target tokens only, and logits
+are computed only there (the 151936-row head is the largest single matrix). State is saved every `save_every` steps and a
 rerun resumes from it with the same data stream (each step's data is seeded by the step number).
 """
 
@@ -203,7 +203,7 @@ def prepare_run(cfg: AlignConfig, progress: bool = True) -> tuple[Assembly, Step
         if teacher_llm is None:
             from ..engine.llm import LLM
             # batched greedy generation is compute-bound: run it in the training dtype
-            teacher_llm = LLM(base_dir, dtype=str(decoder_dtype(cfg.decoder_dtype)).removeprefix("torch."))
+            teacher_llm = LLM(base_dir, dtype=decoder_dtype(cfg.decoder_dtype))
         return teacher_llm
 
     tokenizer = StepTokenizer(assembly.tokenizer)

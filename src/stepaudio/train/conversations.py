@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .questions import CAPITALS, NUMBER_WORDS, Question, _split
-from .targets import Target, heard
+from .questions import CAPITALS, Question, _split, number_answers
+from .targets import Target, heard, heard_text
 
 _FOLLOW_UPS = {
     "capital": (("And of {x}?", "What about {x}?", "And {x}?"), ("How about {x}?",)),
@@ -33,8 +33,7 @@ CAPITAL_OF = dict(CAPITALS)
 
 @dataclass
 class Turn:
-    text: str                  # what the user says or types
-    spoken: bool
+    text: str                  # what the user says or types (spoken or typed: `conversation_messages` decides)
     audio: np.ndarray | None = None   # a non-speech clip sent with the text (a sound question)
 
 
@@ -52,21 +51,17 @@ def _phrase(kind: str, rng: np.random.Generator, heldout: bool, **values) -> str
     return str(rng.choice(held if heldout else train)).format(**values)
 
 
-def _number_words(n: int) -> tuple[str, ...]:
-    return (str(n),) + ((NUMBER_WORDS[n],) if n < len(NUMBER_WORDS) else ())
-
-
 def capital_follow_up(rng: np.random.Generator, first: tuple[Question, Target], heldout: bool = False
                       ) -> tuple[Turn, Target, tuple[str, ...]]:
     """"And of X?" for a country X other than the one asked about (held-out countries when `heldout`)."""
     asked = next((c for c in CAPITAL_OF if c in first[0].text), "")
-    country, capital = [p for p in _split(CAPITALS, heldout) if p[0] != asked][
-        int(rng.integers(len(_split(CAPITALS, heldout)) - 1))]
+    others = [p for p in _split(CAPITALS, heldout) if p[0] != asked]
+    country, capital = others[int(rng.integers(len(others)))]
     text = _phrase("capital", rng, heldout, x=country)
     answer = f"The capital of {country} is {capital}."
     reasoning = (f'{heard_text(text)} Before, the question was about the capital of {asked or "another country"}, '
                  f"so now they want the capital of {country}. {answer}")
-    return Turn(text, True), Target(text, reasoning, answer), (capital.lower(),)
+    return Turn(text), Target(text, reasoning, answer), (capital.lower(),)
 
 
 def again_follow_up(rng: np.random.Generator, previous_answer: str, heldout: bool = False
@@ -74,7 +69,7 @@ def again_follow_up(rng: np.random.Generator, previous_answer: str, heldout: boo
     text = _phrase("again", rng, heldout)
     reasoning = f'{heard_text(text)} They want my last answer again: "{previous_answer}"'
     last_word = previous_answer.rstrip(".!?").split()[-1].lower()
-    return Turn(text, True), Target(text, reasoning, previous_answer), (last_word,)
+    return Turn(text), Target(text, reasoning, previous_answer), (last_word,)
 
 
 def why_follow_up(rng: np.random.Generator, first: tuple[Question, Target], heldout: bool = False
@@ -82,7 +77,7 @@ def why_follow_up(rng: np.random.Generator, first: tuple[Question, Target], held
     text = _phrase("why", rng, heldout)
     explanation = first[1].reasoning.removeprefix(heard(first[0])).strip() or first[1].answer
     reasoning = f"{heard_text(text)} They want the reason for my last answer. {explanation}"
-    return Turn(text, True), Target(text, reasoning, explanation), ()
+    return Turn(text), Target(text, reasoning, explanation), ()
 
 
 def sum_chain(rng: np.random.Generator, heldout: bool = False, steps: int = 1) -> Conversation:
@@ -90,7 +85,7 @@ def sum_chain(rng: np.random.Generator, heldout: bool = False, steps: int = 1) -
     a, b = int(rng.integers(2, 21)), int(rng.integers(1, 11))
     first = str(rng.choice(_HELDOUT_FIRST_SUM if heldout else _FIRST_SUM)).format(a=a, b=b)
     total = a + b
-    turns, answers = [Turn(first, True)], [f"{a} plus {b} is {total}."]
+    turns, answers = [Turn(first)], [f"{a} plus {b} is {total}."]
     target = None
     for i in range(steps):
         c = int(rng.integers(1, 10))
@@ -98,15 +93,11 @@ def sum_chain(rng: np.random.Generator, heldout: bool = False, steps: int = 1) -
         answer = f"{total} plus {c} is {total + c}."
         target = Target(text, f"{heard_text(text)} My last answer was {total}, and {total} plus {c} is {total + c}.",
                         answer)
-        turns.append(Turn(text, True))
+        turns.append(Turn(text))
         total += c
         if i < steps - 1:
             answers.append(answer)
-    return Conversation(turns, answers, target, "sum", _number_words(total))
-
-
-def heard_text(text: str) -> str:
-    return f'The user asks: "{text}"'
+    return Conversation(turns, answers, target, "sum", number_answers(total))
 
 
 def conversation_messages(conv: Conversation, spoken: list[bool]) -> tuple[list[dict], list[np.ndarray | str]]:
@@ -150,7 +141,7 @@ def random_conversation(rng: np.random.Generator, items: list[tuple[Question, Ta
         return sum_chain(rng, heldout, steps=int(rng.integers(1, 3)))
     pool = capitals if kind == "capital" else explained
     first = pool[int(rng.integers(len(pool)))]
-    turns, answers = [Turn(first[0].text, True)], [first[1].answer]
+    turns, answers = [Turn(first[0].text)], [first[1].answer]
     if kind == "capital":
         turn, target, accept = capital_follow_up(rng, first, heldout)
         if not heldout and rng.random() < 0.3:  # a third turn: the answer once more

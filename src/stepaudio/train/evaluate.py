@@ -24,11 +24,12 @@ from tqdm import tqdm
 from ..audio.io import load_audio
 from ..engine.llm import LLM
 from ..engine.sampling import SamplingParams
-from .conversations import Conversation, Turn, conversation_messages, random_conversation
+from .conversations import Conversation, conversation_messages, random_conversation
+from .examples import sound_turn
 from .questions import (CAPITALS, HELDOUT_REPEAT_SENTENCES, Question, answer_is_correct, arithmetic_question,
                         question_pool)
 from .sounds import CHANCE, TASKS, random_sound_item
-from .speech import FAMILIES, REPORT_FAMILIES, random_voice, speak
+from .speech import REPORT_FAMILIES, random_voice, speak
 from .targets import Target, heard
 
 # Held-out instruction for "repeat what was said" (training used other phrasings).
@@ -114,8 +115,7 @@ def heldout_conversations(seed: int, per_kind: int = 8) -> list[Conversation]:
     convs = []
     for kind in MULTITURN_KINDS:
         for _ in range(per_kind):
-            sound = random_sound_item(rng, heldout=True, task="count")
-            new_turn = (Turn(sound.question, False, sound.wav), Target(sound.question, "", ""), tuple(sound.accept))
+            new_turn = sound_turn(random_sound_item(rng, heldout=True, task="count"))
             convs.append(random_conversation(rng, items, heldout=True, new_turn=new_turn, kind=kind))
     return convs
 
@@ -139,10 +139,8 @@ def _score_conversations(llm: LLM, convs: list[Conversation], family: str | None
 def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items: int = 20,
              whisper_reference: bool = True, families: tuple[str, ...] = REPORT_FAMILIES,
              multiturn_family: str | None = "pico", multiturn_per_kind: int = 8) -> Report:
-    """The held-out report; with `whisper_reference`, also the decoder given Whisper-base's transcripts."""
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        raise ValueError(f"unknown voice families {unknown}; known: {', '.join(FAMILIES)}")
+    """The held-out report; with `whisper_reference`, also the decoder given Whisper-base's transcripts.
+    An unknown family is a ValueError from `random_voice`, raised before any model loads."""
     rng = np.random.default_rng(seed)
     report = Report()
     questions = heldout_questions(seed)

@@ -13,7 +13,7 @@ from .conversations import Turn, conversation_messages, random_conversation
 from .questions import DRILL_WORDS, Question, arithmetic_question, question_pool, random_sentence, word_drill
 from .sounds import SoundItem, random_sound_item
 from .speech import augment, random_voice, speak
-from .targets import THINK_CLOSE, Target, repeat_target, transcribe_target
+from .targets import Target, repeat_target, transcribe_target
 
 _WORD_TOKEN = re.compile("\u0120[A-Za-z][a-z]{2,11}")  # byte-level BPE spells a leading space as U+0120
 # Share of each kind in a training batch. "multiturn" (conversations.py) was added to continue the first
@@ -57,7 +57,7 @@ def audio_with_text(text: str, text_first: bool) -> list[dict]:
 
 def sound_example(item: SoundItem, text_first: bool = False) -> Example:
     messages = [{"role": "user", "content": audio_with_text(item.question, text_first)}]
-    return Example("sound", messages, [item.wav], _sound_target(item)[0].text())
+    return Example("sound", messages, [item.wav], sound_target(item).text())
 
 
 def speech_messages(rng: np.random.Generator) -> list[dict]:
@@ -132,14 +132,17 @@ class ExampleSampler:
 
     def multiturn_example(self, rng: np.random.Generator) -> Example:
         """A two- or three-turn conversation, each user turn spoken (60 %) or typed, the last one answered."""
-        sound = random_sound_item(rng, task="count")
-        new_turn = (Turn(sound.question, False, sound.wav), *_sound_target(sound))
-        conv = random_conversation(rng, self.items, new_turn=new_turn)
+        conv = random_conversation(rng, self.items, new_turn=sound_turn(random_sound_item(rng, task="count")))
         spoken = [bool(rng.random() < 0.6) for _ in conv.turns]
         messages, parts = conversation_messages(conv, spoken)
         audio = [p if not isinstance(p, str) else augment(speak(p, random_voice(rng)), rng) for p in parts]
         return Example("multiturn", messages, audio, conv.target.text())
 
 
-def _sound_target(item: SoundItem) -> tuple[Target, tuple[str, ...]]:
-    return Target(item.question, item.reasoning, sound_reply(item)), tuple(item.accept)
+def sound_target(item: SoundItem) -> Target:
+    return Target(item.question, item.reasoning, sound_reply(item))
+
+
+def sound_turn(item: SoundItem) -> tuple[Turn, Target, tuple[str, ...]]:
+    """A sound question as a conversation's unrelated last turn (`random_conversation`'s `new_turn`)."""
+    return Turn(item.question, item.wav), sound_target(item), tuple(item.accept)

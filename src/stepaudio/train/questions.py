@@ -127,8 +127,12 @@ def arithmetic_question(rng: np.random.Generator, heldout: bool = False) -> Ques
         a, b = max(a, b), min(a, b)
         form = str(rng.choice(_HELDOUT_DIFF if heldout else _TRAIN_DIFF))
         total = a - b
-    words = (str(total),) + ((NUMBER_WORDS[total],) if total < len(NUMBER_WORDS) else ())
-    return Question("arithmetic", form.format(a=a, b=b), words)
+    return Question("arithmetic", form.format(a=a, b=b), number_answers(total))
+
+
+def number_answers(n: int) -> tuple[str, ...]:
+    """The accepted spellings of a whole number: digits, and the word up to twenty."""
+    return (str(n),) + ((NUMBER_WORDS[n],) if n < len(NUMBER_WORDS) else ())
 
 
 def random_question(rng: np.random.Generator, heldout: bool = False, arithmetic_share: float = 0.2) -> Question:

@@ -49,7 +49,7 @@ class SynthesisError(RuntimeError):
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str          # a key of ENGINES
+    engine: str          # "espeak", "piper", "flite", "rhvoice", "pico" or "hibari" (see `speak`)
     name: str            # the engine's voice name, e.g. "en-us+f2", "joe", "awb", "en-GB", "mb-us1"
     speed: float = 1.0   # relative speaking rate
     pitch: float = 1.0   # relative pitch, where the engine has a pitch control
@@ -217,13 +217,11 @@ def speak(text: str, voice: Voice) -> np.ndarray:
     return np.clip(wav, -1.0, 1.0).astype(np.float32)
 
 
-def random_voice(rng: np.random.Generator, family: str | None = None,
-                 shares: dict[str, float] | None = None) -> Voice:
-    """A voice with a random rate and pitch: from `family`, or from the training families by `shares`."""
+def random_voice(rng: np.random.Generator, family: str | None = None) -> Voice:
+    """A voice with a random rate and pitch: from `family`, or from a training family by its share."""
     if family is None:
-        shares = shares or TRAIN_FAMILY_SHARES
-        names = list(shares)
-        weights = np.array([shares[n] for n in names], dtype=float)
+        names = list(TRAIN_FAMILY_SHARES)
+        weights = np.array([TRAIN_FAMILY_SHARES[n] for n in names], dtype=float)
         family = names[int(rng.choice(len(names), p=weights / weights.sum()))]
     if family not in FAMILIES:
         raise ValueError(f"unknown voice family {family!r}; known: {', '.join(FAMILIES)}")

@@ -36,8 +36,13 @@ class Target:
         return f"{self.reasoning}{THINK_CLOSE}{self.answer}"
 
 
+def heard_text(text: str) -> str:
+    """How a think block starts: what was heard."""
+    return f'The user asks: "{text}"'
+
+
 def heard(question: Question) -> str:
-    return f'The user asks: "{question.text}"'
+    return heard_text(question.text)
 
 
 def repeat_target(question: Question) -> Target:
