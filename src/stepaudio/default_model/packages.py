@@ -1,7 +1,7 @@
 """The pretrained parts of the default model: which pip packages hold them, where, and their checksums.
 
-The packages are the pinned `default-model` extra (pyproject.toml). Each data file's sha256 is checked before it is
-read, so a changed or truncated package fails assembly with a clear message instead of a broken model.
+The packages are the pinned `default-model` extra (pyproject.toml). Each data file's sha256 is checked before
+it is read, so a changed or truncated package fails assembly with a clear message instead of a broken model.
 Figures: docs/DEFAULT_MODEL_ASSEMBLY.md §1.
 """
 
@@ -17,7 +17,7 @@ from ..extras import MissingExtra
 
 
 class PackageError(EnvironmentError):
-    """A weight package is missing or its files are not the pinned ones (an environment problem)."""
+    """A weight package's files are missing or not the pinned ones (an environment problem)."""
 
 
 @dataclass(frozen=True)
