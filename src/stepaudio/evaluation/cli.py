@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..cli_args import (api_base, non_negative_float, non_negative_int, positive_float, positive_int, probability,
                         require_device, require_path)
+from ..extras import require_extra
 
 SUBCOMMANDS = ("run", "make-synthetic")
 PLOT_NAME = "accuracy_vs_reasoning_tokens.png"
@@ -91,6 +92,8 @@ def run_eval_command(args: argparse.Namespace) -> None:
     if not args.server:
         require_device(args.device)
     budgets = parse_budgets(args.thinking_budgets)
+    if len(budgets) > 1:
+        require_extra("plot", "a thinking-budget sweep's plot")
     items = read_manifest(args.manifest, args.layout, args.category_field)[:args.limit]
     judge = _judge(args)
     out = args.out or Path(f"eval_{args.manifest.stem}")
