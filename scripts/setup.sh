@@ -9,7 +9,7 @@
 #                                 Pico, RHVoice and MBROLA are in Debian's contrib/non-free components,
 #                                 which this enables in the machine's Debian apt sources when needed.
 # torch is pinned to the CPU wheel (torch==2.13.0); GPU users set STEPAUDIO_TORCH, e.g.
-#   STEPAUDIO_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
+#   STEPAUDIO_TORCH="torch==2.13.0+cu128 --extra-index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
