@@ -48,8 +48,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-extras="[demo,client]"
-[ "$dev" = 1 ] && extras="[demo,client,dev,train]"
+extras="[demo,client,realtime]"
+[ "$dev" = 1 ] && extras="[demo,client,dev,train,realtime]"
 # torch comes first in the same resolve so nothing can pull a CUDA build.
 # shellcheck disable=SC2086
 .venv/bin/pip install --quiet --disable-pip-version-check ${STEPAUDIO_TORCH:-torch==2.13.0} -e ".${extras}"
