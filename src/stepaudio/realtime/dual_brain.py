@@ -154,7 +154,7 @@ class DualBrain:
                     if tokens >= size * (len(self.thoughts) + 1) and pending and not out.finished:
                         self._add_thought(pending)
                         pending = ""
-            if pending.strip():
+            if pending:
                 self._add_thought(pending)
         except Exception:
             self._events.put_nowait(None)
