@@ -208,3 +208,22 @@ def test_unknown_model_and_missing_key_are_refused(reference) -> None:  # noqa: 
             assert client.recv()["error"]["code"] == "model_not_found"
         with RealtimeClient(realtime_url(url + "/v1", MODEL), api_key="secret") as client:
             assert client.recv()["type"] == "session.created"
+
+
+def test_talk_cli_saves_the_answer_and_prints_the_timeline(server: str, question: bytes, tmp_path: Path,
+                                                         capsys) -> None:
+    from stepaudio.cli import main
+
+    wav = tmp_path / "q.wav"
+    sf.write(wav, np.frombuffer(question, dtype="<i2"), 24000, subtype="PCM_16")
+    out = tmp_path / "reply.wav"
+    options = ["--think-segment-tokens", "8", "--response-segment-tokens", "6", "--max-thinking-tokens", "40",
+               "--max-response-tokens", "40", "--temperature", "1", "--seed", "3"]
+    assert main(["talk", "--api-base", server + "/v1", "--audio", str(wav), "--out", str(out), *options]) == 0
+    printed = capsys.readouterr().out
+    reply, sr = sf.read(out)
+    assert sr == 24000 and len(reply) > 0.2 * sr
+    for mark in ("speech end", "first thought", "first audio", "done", "said:"):
+        assert mark in printed
+    assert main(["talk", "--api-base", server + "/v1", "--audio", str(wav), "--out", str(tmp_path / "r.mp3")]) == 1
+    assert "--out must be a .wav file" in capsys.readouterr().err
