@@ -43,27 +43,36 @@ def spoken_form(text: str) -> str:
 
 class ClauseSplitter:
     """Collects streamed text and hands back whole clauses: up to a clause mark (.,;:!? before a space, or a
-    newline), or `max_words` words when a clause runs long (so a list of numbers still streams)."""
+    newline), or `max_words` words (`max_chars` characters) when a clause runs long, so a list of numbers
+    still streams. The first clause of an answer is cut sooner, after `first_max_words`: the first audio
+    waits only for those few words (a measured latency choice; later clauses keep natural phrasing)."""
 
-    def __init__(self, max_words: int = 12):
+    def __init__(self, max_words: int = 12, first_max_words: int = 5, max_chars: int = 80):
         self.max_words = max_words
+        self.first_max_words = first_max_words
+        self.max_chars = max_chars
         self._buffer = ""
+        self._first = True
 
     def feed(self, text: str) -> list[str]:
         self._buffer += text
         clauses = []
         while True:
+            limit = self.first_max_words if self._first else self.max_words
             mark = _CLAUSE_END.search(self._buffer)
-            if mark is not None:
+            words = list(re.finditer(r"\S+\s", self._buffer))
+            if mark is not None and sum(w.end() <= mark.end() for w in words) <= limit:
                 cut = mark.end()
+            elif len(words) >= limit:
+                cut = words[limit - 1].end()
+            elif len(self._buffer) >= self.max_chars:
+                cut = self.max_chars
             else:
-                words = list(re.finditer(r"\S+\s", self._buffer))
-                if len(words) < self.max_words:
-                    break
-                cut = words[self.max_words - 1].end()
+                break
             clause, self._buffer = self._buffer[:cut], self._buffer[cut:]
             if clause.strip():
                 clauses.append(clause)
+                self._first = False
         return clauses
 
     def flush(self) -> str:
