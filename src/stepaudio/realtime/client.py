@@ -76,8 +76,17 @@ class RealtimeClient:
                 raise ValueError(event["error"]["message"])
         return event
 
-    def ask(self, pcm16: bytes) -> TurnResult:
-        """One turn: stream the audio, commit, ask for the answer, and read events until response.done."""
+    def ask(self, pcm16: bytes, text: str | None = None) -> TurnResult:
+        """One turn: stream the audio, commit, ask for the answer, and read events until response.done.
+        With `text`, the turn is one user item holding the text and then the audio (as `stepaudio eval`
+        sends its Spoken-MQA instruction); the clock then starts at response.create."""
+        if text is not None:
+            self.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": text},
+                {"type": "input_audio", "audio": base64.b64encode(pcm16).decode("ascii")}]}})
+            start = time.perf_counter()
+            self.send({"type": "response.create"})
+            return self.read_response(start)
         step = int(APPEND_SECONDS * OUTPUT_RATE) * 2
         for i in range(0, len(pcm16), step):
             self.send({"type": "input_audio_buffer.append",
