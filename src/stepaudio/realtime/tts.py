@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ class PiperSpeaker:
 
     def __init__(self) -> None:
         self._voice = None
+        # piper phonemizes through the espeak-ng library, which keeps global state: one clause at a time
+        # per process (a clause takes a few tens of ms, so sessions barely wait for each other)
+        self._lock = threading.Lock()
 
     def load(self) -> None:
         if self._voice is None:
@@ -45,7 +49,8 @@ class PiperSpeaker:
         self.load()
         start = time.perf_counter()
         words = spoken_form(text)
-        pieces = [c.audio_int16_bytes for c in self._voice.synthesize(words)] if words else []
+        with self._lock:
+            pieces = [c.audio_int16_bytes for c in self._voice.synthesize(words)] if words else []
         wav = np.frombuffer(b"".join(pieces), dtype=np.int16).astype(np.float32) / 32768.0
         wav = resample(wav, self._voice.config.sample_rate, OUTPUT_RATE)
         pcm16 = (np.clip(wav, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
