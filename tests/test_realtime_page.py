@@ -23,7 +23,8 @@ KNOBS = {"temperature": 1.0, "seed": 3, "think_segment_tokens": 8, "response_seg
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    """What the fake microphone plays (in a loop): a spoken question and 8 s of silence, 16 kHz."""
+    """What the fake microphone plays (in a loop): a spoken question and 30 s of silence
+    (time for the answer on a busy machine, before the loop speaks again and barges in), 16 kHz."""
     folder = tmp_path_factory.mktemp("mic")
     spoken = folder / "spoken.wav"
     if subprocess.run(["which", "espeak-ng"], capture_output=True).returncode:
@@ -31,7 +32,7 @@ def clip(tmp_path_factory) -> Path:
     subprocess.run(["espeak-ng", "-w", str(spoken), "What is seven plus five?"], check=True, capture_output=True)
     wav, sr = sf.read(spoken, dtype="float32")
     out = folder / "mic.wav"
-    sf.write(out, np.concatenate([np.zeros(sr // 2, np.float32), wav, np.zeros(8 * sr, np.float32)]), sr)
+    sf.write(out, np.concatenate([np.zeros(sr // 2, np.float32), wav, np.zeros(30 * sr, np.float32)]), sr)
     return out
 
 
@@ -39,7 +40,7 @@ def test_talk_page_sends_the_microphone_and_plays_the_answer(browser, reference)
     with running_server(reference) as url:
         context = browser.new_context(viewport={"width": 1200, "height": 800}, permissions=["microphone"])
         page = context.new_page()
-        page.set_default_timeout(120_000)
+        page.set_default_timeout(300_000)
         page.goto(url + "/talk")
         page.select_option("#schedule", "speak-first")
         page.evaluate("window.talkOptions = " + json.dumps(KNOBS))
