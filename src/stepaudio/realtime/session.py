@@ -288,6 +288,8 @@ class RealtimeSession:
         previous = self.items[-1].id if self.items else None
         item = Item(raw.get("id") or _id("item"), role, text, audio)
         self.items.append(item)
+        if role == "user":   # a turn given whole: it ends now (first-audio latency counts from here)
+            self._turn_end = time.perf_counter()
         await self._announce_item(item, previous)
 
     def _find(self, item_id: Any) -> Item:
