@@ -47,7 +47,7 @@ def test_piper_speaks_a_clause_as_24_khz_pcm16() -> None:
     chunk = PiperSpeaker().speak("7 + 5 = 12.")
     samples = np.frombuffer(chunk.pcm16, dtype="<i2")
     # "seven plus five equals twelve" takes well over a second; the digits alone would be much shorter
-    assert 1.2 < chunk.seconds < 4.0 and len(samples) == int(chunk.seconds * OUTPUT_RATE)
+    assert 1.2 < chunk.seconds < 4.0 and len(samples) == round(chunk.seconds * OUTPUT_RATE)
     assert np.abs(samples).max() > 3000 and chunk.synthesis_seconds > 0
 
 
