@@ -49,7 +49,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-extras="[default-model,demo,client]"
+extras="[default-model,demo,client,realtime]"
 [ "$dev" = 1 ] && extras="[all,dev]"
 # torch comes first in the same resolve so nothing can pull a CUDA build.
 # shellcheck disable=SC2086

@@ -210,6 +210,8 @@ MISSING_EXTRA_COMMANDS = [
      "a thinking-budget sweep's plot"),
     (["train", "align", "--out", "{home}/run"], "train", "training"),
     (["train", "evaluate", "--json", "{home}/eval.json"], "train", "the default model's evaluation"),
+    (["talk", "--audio", str(ROOT / "examples/question.flac"), "--out", "{home}/reply.wav", "--model", "{tiny}"],
+     "realtime", "stepaudio talk"),
 ]
 
 

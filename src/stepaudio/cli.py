@@ -41,6 +41,36 @@ def _run_make_tiny(args: argparse.Namespace) -> None:
     print(f"wrote a random tiny Step-Audio checkpoint to {out}")
 
 
+def _add_talk(sub: argparse._SubParsersAction) -> None:
+    from .realtime.pacing import DEFAULT_SCHEDULE, SCHEDULES, Pacing
+
+    defaults = Pacing()
+    p = sub.add_parser("talk", help="one spoken turn over /v1/realtime: think while speaking",
+                       description="Send a spoken question to /v1/realtime, save the spoken answer, print the "
+                                   "timeline. See docs/REALTIME.md.")
+    p.add_argument("--audio", type=Path, required=True, help="the spoken question (wav/flac/ogg/mp3/webm/m4a)")
+    p.add_argument("--out", type=Path, required=True, help="where to write the spoken answer (.wav, 24 kHz)")
+    _add_endpoint_options(p, "this talk")
+    p.add_argument("--schedule", choices=SCHEDULES, default=DEFAULT_SCHEDULE, help="when the two brains run")
+    p.add_argument("--think-segment-tokens", type=positive_int, default=defaults.think_segment_tokens,
+                   help="thinking tokens per thought segment")
+    p.add_argument("--response-segment-tokens", type=positive_int, default=defaults.response_segment_tokens,
+                   help="answer tokens written per segment")
+    p.add_argument("--max-thinking-tokens", type=positive_int, default=defaults.max_thinking_tokens,
+                   help="the thinking stream's budget")
+    p.add_argument("--max-response-tokens", type=positive_int, default=defaults.max_response_tokens,
+                   help="spoken answer tokens at most")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    p.set_defaults(func=_run_talk)
+
+
+def _run_talk(args: argparse.Namespace) -> None:
+    from .realtime.talk import run_talk
+
+    run_talk(args)
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer one question about an audio file, no server",
                        description="Load the model, answer one question about an audio file, print the thinking "
@@ -258,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_generate(sub)
     _add_make_tiny(sub)
+    _add_talk(sub)
     _add_train(sub)
     add_eval(sub)
     return parser

