@@ -16,8 +16,8 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
 from prometheus_client import CollectorRegistry
 
-from ..extras import MissingExtra, require_extra
 from ..engine.async_engine import AsyncEngine
+from ..extras import MissingExtra, require_extra
 from ..server.settings import ServerSettings
 from .metrics import RealtimeMetrics
 from .session import Limits, RealtimeSession
