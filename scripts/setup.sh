@@ -49,7 +49,7 @@ fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 extras="[demo,client]"
-[ "$dev" = 1 ] && extras="[demo,client,dev,train]"
+[ "$dev" = 1 ] && extras="[demo,client,dev,train,quant]"
 # torch comes first in the same resolve so nothing can pull a CUDA build.
 # shellcheck disable=SC2086
 .venv/bin/pip install --quiet --disable-pip-version-check ${STEPAUDIO_TORCH:-torch==2.13.0} -e ".${extras}"

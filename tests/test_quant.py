@@ -201,15 +201,12 @@ def test_bad_inputs_fail_with_one_clear_line(src_dir, tmp_path):
         quantize_checkpoint(src_dir, tmp_path / "a", "w3a16")
     with pytest.raises(ValueError, match="--group-size 48 does not divide"):
         quantize_checkpoint(src_dir, tmp_path / "b", "w4a16", 48)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a checkpoint folder"):
-        quantize_checkpoint(tmp_path, tmp_path / "c", "w8a16")
+        quantize_checkpoint(tmp_path / "empty", tmp_path / "c", "w8a16")
     out = quantize_checkpoint(src_dir, tmp_path / "q", "w4a16", progress=False)
     with pytest.raises(CheckpointError, match="already quantized"):
-        quantize_checkpoint(out, tmp_path / "d", "w8a16")
-    with pytest.raises(CheckpointError, match="already quantized"):
         load_model(out, quantization="w8a16")
-    with pytest.raises(FileExistsError, match="not empty"):
-        quantize_checkpoint(src_dir, out, "w8a16")
     # A corrupt scale tensor: NaN, or the wrong shape.
     shard = next(iter(checkpoint_files(out)))
     tensors = load_file(str(out / shard))
@@ -230,3 +227,24 @@ def test_bad_inputs_fail_with_one_clear_line(src_dir, tmp_path):
     (tmp_path / "badcfg" / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="not valid compressed-tensors"):
         load_model(tmp_path / "badcfg" / "m")
+
+
+def test_quantize_command_and_its_errors(src_dir, tmp_path, capsys):
+    from stepaudio.cli import main
+
+    assert main(["quantize", str(src_dir), str(tmp_path / "q"), "--scheme", "w4a16", "--group-size", "64"]) == 0
+    assert "wrote w4a16 checkpoint" in capsys.readouterr().out
+    assert isinstance(load_model(tmp_path / "q").model.layers[1].self_attn.q_proj, Int4Linear)
+    for argv, message in [(["--scheme", "w5a16"], "must be one of w8a16, w4a16"),
+                          (["--group-size", "0"], "must be a whole number of at least 1")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["quantize", str(src_dir), str(tmp_path / "x")] + argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    for src, dst, message in [(tmp_path / "missing", tmp_path / "y", "does not exist"),
+                              (tmp_path / "q", tmp_path / "y", "already quantized"),
+                              (src_dir, tmp_path / "q", "not an empty folder"),
+                              (src_dir, tmp_path / "y", "--group-size 48 does not divide")]:
+        extra = ["--scheme", "w4a16", "--group-size", "48"] if "48" in message else []
+        assert main(["quantize", str(src), str(dst)] + extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

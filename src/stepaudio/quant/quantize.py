@@ -23,23 +23,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import load_config
-from ..model.loader import INDEX_FILE, SINGLE_FILE, CheckpointError, checkpoint_files
+from ..model.loader import INDEX_FILE, SINGLE_FILE, checkpoint_files
 from ..model.step_audio import StepAudioForCausalLM
-from .format import (check_group_size, ignore_list, is_decoder_linear, make_scheme, read_quantization_config,
-                     weight_scales)
-
-
-def check_source(src: Path, dst: Path) -> None:
-    """Everything that can be refused before any tensor is read, each with one line."""
-    if not (src / "config.json").is_file():
-        raise CheckpointError(f"{src} is not a checkpoint folder: it has no config.json")
-    checkpoint_files(src)  # raises when there are no weights or shards are missing
-    if read_quantization_config(src) is not None:
-        raise CheckpointError(f"{src} is already quantized (its config.json has a quantization_config)")
-    if dst.exists() and any(dst.iterdir()):
-        raise FileExistsError(f"{dst} already exists and is not empty; give a new folder")
-    if dst.resolve() == src.resolve():
-        raise FileExistsError("the output folder must differ from the source")
+from .cli import check_source
+from .format import check_group_size, ignore_list, is_decoder_linear, make_scheme, weight_scales
 
 
 def quantize_checkpoint(src: str | Path, dst: str | Path, scheme_name: str, group_size: int | None = None,
