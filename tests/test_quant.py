@@ -248,3 +248,21 @@ def test_quantize_command_and_its_errors(src_dir, tmp_path, capsys):
         assert main(["quantize", str(src), str(dst)] + extra) == 1
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA kernels need a GPU")
+@pytest.mark.parametrize("num_bits,groups", [(8, 1), (4, 4), (4, 1)])
+def test_cuda_kernels_match_the_cpu_ones(num_bits, groups):
+    from stepaudio.quant.linear import integer_linear
+
+    gen = torch.Generator().manual_seed(0)
+    limit = 2 ** (num_bits - 1)
+    codes = torch.randint(-limit, limit, (64, 512), generator=gen, dtype=torch.int8)
+    scales = torch.rand(64, groups, generator=gen) * 0.01 + 0.001
+    x = torch.randn(5, 512, generator=gen).to(torch.bfloat16)
+    cpu = integer_linear(codes, scales, num_bits, None, torch.bfloat16)
+    cuda = integer_linear(codes.cuda(), scales.cuda(), num_bits, None, torch.bfloat16)
+    assert type(cpu) is type(cuda)
+    reference = x.float() @ (codes.float() * scales.repeat_interleave(512 // groups, 1)).T
+    torch.testing.assert_close(cuda(x.cuda()).float().cpu(), reference, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(cpu(x).float(), reference, atol=2e-2, rtol=2e-2)
