@@ -73,7 +73,8 @@ def main() -> None:
     base, hf, tokenizer = build_models("base", torch.bfloat16)
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(base.state_dict(), base.config, tmp, num_shards=2)
+        state = {k: v for k, v in base.state_dict().items() if k != "lm_head.weight"}  # tied to the embedding
+        save_checkpoint(state, base.config, tmp, num_shards=2)
         models = {v or "bf16": load_model(Path(tmp), dtype=args.activations, quantization=v) for v in VARIANTS}
     del base
     encoder_model = models["bf16"]  # transformers' side gets its audio embeddings from our encoder, as in bench_engine

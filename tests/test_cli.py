@@ -21,6 +21,7 @@ commands:
   demo        web demo in the browser (Gradio)
   generate    answer one question about an audio file, no server
   make-tiny   write a random tiny checkpoint (for tests)
+  quantize    int8/int4 copy of a checkpoint (compressed-tensors)
   train       train the default model's audio alignment; evaluate
   eval        score a model on an audio benchmark; thinking sweeps
 """

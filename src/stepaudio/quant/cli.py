@@ -28,7 +28,7 @@ def add_quantization_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_quantize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="write a w8a16 / w4a16 compressed-tensors copy of a checkpoint",
+    p = sub.add_parser("quantize", help="int8/int4 copy of a checkpoint (compressed-tensors)",
                        description="Quantize the decoder's Linears of a checkpoint shard by shard (bounded memory) "
                                    "into the compressed-tensors format vLLM and transformers read; encoder, adaptor "
                                    "and lm_head stay as they are. See docs/QUANTIZATION.md.")
