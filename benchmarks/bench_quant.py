@@ -100,7 +100,8 @@ def main() -> None:
               f"({total / padded_s:.1f} tok/s)")
         for name, model in models.items():
             seconds = run_engine(engine_for(model, tokenizer), prompts, max_tokens)[0]
-            print(f"  {name:6s} {seconds:6.1f} s  {total / seconds:6.1f} tok/s  {padded_s / seconds:5.2f}x the padded batch")
+            print(f"  {name:6s} {seconds:6.1f} s  {total / seconds:6.1f} tok/s  "
+                  f"{padded_s / seconds:5.2f}x the padded batch")
     if "ttft" in cases:
         prompt = make_prompt(tokenizer, 25.0, 0, seed=200)
         ref = hf_generate(encoder_model, hf, tokenizer.audio_patch_id, prompt, 1)[1][0]
