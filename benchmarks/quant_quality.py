@@ -63,6 +63,8 @@ def main() -> None:
             logp = logits.log_softmax(-1)
             stats[name]["kl"].append((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item())
             stats[name]["agree"].append((logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item())
+            print(f"  {text[:40]!r}: {name} KL {stats[name]['kl'][-1]:.4f}, agreement {stats[name]['agree'][-1]:.2f}",
+                  flush=True)
     print(f"default model ({model_dir}), {len(prompts)} typed held-out prompts, {args.tokens} greedy tokens each, "
           f"{args.dtype}; torch {torch.__version__}, oneDNN bf16 kernels "
           f"{bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}")

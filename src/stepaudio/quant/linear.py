@@ -67,7 +67,7 @@ class Int4Linear(QuantLinear):
         if self.group_size is None:
             raise ValueError(f"int4 kernel cannot take a [{n}, {k}] weight with {scales.shape[1]} scale groups")
         scales = _expand_groups(scales, k)[:, :: self.group_size]  # per-channel scales become per-group
-        unsigned = (codes.to(torch.int32) + 8).contiguous()
+        unsigned = codes.to(torch.int32).add_(8).contiguous()  # in place: one int32 copy of the codes at a time
         if codes.device.type == "cuda":
             packed = torch.ops.aten._convert_weight_to_int4pack((unsigned[:, ::2] << 4 | unsigned[:, 1::2])
                                                                 .to(torch.uint8), 8)
