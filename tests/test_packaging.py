@@ -238,6 +238,13 @@ def test_a_command_whose_extra_is_missing_says_so_in_one_line(core, missing_extr
     assert not list((core.home / "cache").glob("*"))  # nothing was assembled or left behind
 
 
+def test_quantization_without_its_extra_is_an_argument_error_naming_the_extra(core):
+    done = core.run("generate", "--model", str(core.tiny), "--prompt", "Hello.", "--quantization", "w8a16")
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.splitlines()[-1] == ("stepaudio generate: error: argument --quantization: quantization needs "
+                                            "`pip install 'stepaudio[quant]'` (compressed_tensors is not installed)")
+
+
 def test_import_stepaudio_imports_no_optional_package():
     """With every extra installed here, importing stepaudio and building its command line loads none of them."""
     code = ("import json, sys, stepaudio, stepaudio.cli; stepaudio.cli.build_parser(); "

