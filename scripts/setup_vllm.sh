@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${STEPAUDIO_VLLM_VENV:-.venv-vllm}
 python=${PYTHON:-python3}
-pip=("$venv/bin/pip" install --quiet --disable-pip-version-check)
+pip=("$venv/bin/pip" install --quiet --disable-pip-version-check --no-warn-conflicts)
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")

@@ -50,11 +50,6 @@ class ReasoningParser:
         self._pending = ""
         self._drop_newline = False
 
-    @property
-    def answering(self) -> bool:
-        """Whether the think block is over (what follows is the answer)."""
-        return self._phase is _Phase.CONTENT
-
     def feed(self, delta: str) -> tuple[str, str]:
         """(reasoning_delta, content_delta) for the next piece of output text."""
         self._pending += delta

@@ -27,6 +27,10 @@ from ..text.reasoning import split_reasoning
 from ..text.tools import ToolCallParser
 
 
+# More tokens than `</think>` can ever take, so a marker ending in this step is inside the decoded tail.
+_MARKER_TOKENS = 16
+
+
 def _delta(reasoning: str = "", content: str = "") -> DeltaMessage | None:
     if not reasoning and not content:
         return None
@@ -46,7 +50,10 @@ class StepAudioReasoningParser(ReasoningParser):
         return text.rfind(THINK_END) > text.rfind(THINK_START)
 
     def is_reasoning_end_streaming(self, input_ids: Sequence[int], delta_ids: Iterable[int]) -> bool:
-        return self._splitter.answering
+        """Whether this step's tokens completed a `</think>`: only the tail is decoded, so a long think block
+        costs no more per step than a short one (the engine core's structured-output gate calls this too)."""
+        tail = list(input_ids[-(len(list(delta_ids)) + _MARKER_TOKENS):])
+        return THINK_END in self.model_tokenizer.decode(tail)
 
     def extract_content_ids(self, input_ids: list[int]) -> list[int]:
         return []  # the split is in text; token ids of the answer are not separable in general
