@@ -22,6 +22,8 @@ from stepaudio.engine.llm import LLM
 from stepaudio.engine.sampling import SamplingParams
 from stepaudio.model.tiny import write_tiny_checkpoint
 from stepaudio.text.chat_template import R1_CHAT_TEMPLATE
+from stepaudio.text.reasoning import split_reasoning
+from stepaudio.text.tools import ToolCallParser
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_BIN = ROOT / ".venv-vllm" / "bin"
@@ -144,38 +146,45 @@ def test_serve_answers_the_official_client_as_our_engine(client, reference, clip
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                                  "parameters": {"type": "object",
                                                                 "properties": {"city": {"type": "string"}}}}}
-FORCED = 'A short tone.\n</think>\nLet me check.<tool_call>function\nget_weather\n{"city": "Paris"}</tool_call>'
+# What the model is made to write (structured outputs with a literal regex): a think block, text, a tool call.
+FORCED = 'Tone.\n</think>\nOk.<tool_call>function\nget_weather\n{"city": "Paris"}</tool_call>'
 
 
-def forced_request(client: OpenAI, clips: list[Path], stream: bool):
-    return client.chat.completions.create(
-        model="tiny", messages=question(audio_part(clips[1].read_bytes()), text="Weather in Paris?"),
-        tools=[WEATHER_TOOL], temperature=0, max_tokens=64, stream=stream,
-        extra_body={"structured_outputs": {"regex": _regex_literal(FORCED)}})
-
-
-def _regex_literal(text: str) -> str:
+def regex_literal(text: str) -> str:
     return "".join("\\" + c if c in r".^$*+?{}[]\|()" else ("\\n" if c == "\n" else c) for c in text)
 
 
-def test_reasoning_and_tool_calls_in_the_openai_fields(client, clips):
-    """The step_audio parsers split `</think>` (text, not a token) and find the Step tool-call block."""
-    got = forced_request(client, clips, stream=False)
-    choice = got.choices[0]
-    assert choice.message.reasoning == "A short tone."
-    assert choice.message.content == "Let me check."
-    [call] = choice.message.tool_calls
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+def forced_request(client: OpenAI, clips: list[Path], stream: bool, stop_ids: list[int]):
+    return client.chat.completions.create(
+        model="tiny", messages=question(audio_part(clips[1].read_bytes()), text="Weather in Paris?"),
+        tools=[WEATHER_TOOL], temperature=0, max_tokens=200, stream=stream,
+        extra_body={"structured_outputs": {"regex": regex_literal(FORCED)}, "stop_token_ids": stop_ids})
+
+
+def test_reasoning_and_tool_calls_in_the_openai_fields(client, clips, reference):
+    """The step_audio parsers split `</think>` (text, not a token) and find the Step tool-call block, in the
+    OpenAI fields, whole and streamed, exactly as our own parsers split the same text."""
+    want_reasoning, answer = split_reasoning(FORCED)
+    tools = ToolCallParser(["get_weather"])
+    want_text, want_calls = tools.feed(answer)
+    want_text += tools.finish()
+    stop_ids = reference.tokenizer.eos_token_ids  # the tiny config's official EOS ids are outside its vocabulary
+
+    choice = forced_request(client, clips, False, stop_ids).choices[0]
+    assert choice.message.reasoning == want_reasoning
+    assert choice.message.content == want_text
+    assert [(c.function.name, c.function.arguments) for c in choice.message.tool_calls] == \
+        [(c.name, c.arguments) for c in want_calls]
     assert choice.finish_reason == "tool_calls"
 
     reasoning, content, calls = "", "", []
-    for chunk in forced_request(client, clips, stream=True):
+    for chunk in forced_request(client, clips, True, stop_ids):
         for c in chunk.choices:
             reasoning += getattr(c.delta, "reasoning", None) or ""
             content += c.delta.content or ""
             calls += c.delta.tool_calls or []
-    assert (reasoning, content) == ("A short tone.", "Let me check.")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert (reasoning, content) == (want_reasoning, want_text)
+    assert [(c.function.name, c.function.arguments) for c in calls] == [(c.name, c.arguments) for c in want_calls]
 
 
 def test_bad_audio_gets_a_4xx_and_the_server_stays_up(client, clips):

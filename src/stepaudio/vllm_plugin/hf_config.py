@@ -34,7 +34,11 @@ class StepAudio2Config(PretrainedConfig):
             raw["text_config"] = {}  # transformers builds a default instance to diff against
         parsed = parse_config(raw)
         self.audio_encoder_config = asdict(parsed.audio)
-        self.text_config = Qwen2Config(**parsed.text.to_qwen2_dict())
+        # parse_config adds the official EOS ids; vLLM's structured outputs refuse ids past the vocabulary
+        # (small test vocabularies), and such ids could never be generated anyway.
+        eos = [i for i in parsed.text.eos_token_id if i < parsed.text.vocab_size]
+        self.text_config = Qwen2Config(**{**parsed.text.to_qwen2_dict(), "eos_token_id": eos})
+        kwargs["eos_token_id"] = eos
         kwargs.setdefault("architectures", ["StepAudio2ForCausalLM"])
         kwargs.setdefault("tie_word_embeddings", parsed.text.tie_word_embeddings)
         super().__init__(**kwargs)

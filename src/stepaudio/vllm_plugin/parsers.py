@@ -44,6 +44,14 @@ class StepAudioReasoningParser(ReasoningParser):
         super().__init__(tokenizer, *args, **kwargs)
         self._splitter = StepReasoningSplitter(starts_in_reasoning=True)
 
+    @property
+    def reasoning_start_str(self) -> str:
+        return THINK_START
+
+    @property
+    def reasoning_end_str(self) -> str:
+        return THINK_END
+
     def is_reasoning_end(self, input_ids: Sequence[int]) -> bool:
         """Whether the last think block in these tokens is closed (old turns hold closed ones)."""
         text = self.model_tokenizer.decode(list(input_ids))
