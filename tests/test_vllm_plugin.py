@@ -35,9 +35,8 @@ pytestmark = pytest.mark.skipif(not (VLLM_BIN / "vllm").exists(),
                                 reason="no .venv-vllm: run `bash scripts/setup_vllm.sh` (setup.sh --dev does) "
                                        "to test the vLLM plugin")
 
-# vLLM on a CPU: offline, a small KV cache, AMX/bf16 out of the way (fp32), our plugin from this checkout.
+# vLLM on a CPU: offline, a 1 GiB KV cache, and the plugin from this checkout.
 VLLM_SETTINGS = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(ROOT / "src")}
-VLLM_ENV = {**os.environ, **VLLM_SETTINGS}
 
 AUDIO_SECONDS = (0.5, 1.0, 10.0, 25.0)
 
@@ -85,14 +84,14 @@ def test_offline_llm_matches_our_engine_nested_and_flat(checkpoints, reference, 
                                   text="Which is longer?"))
     prepared = [reference.prepare(c) for c in conversations]
     want = reference.generate(prepared, SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True))
-    audio_paths = [[str(clips[AUDIO_SECONDS.index(s)]) for s in seconds]
-                   for seconds in ([s] for s in AUDIO_SECONDS)] + [[str(clips[1]), str(clips[0])]]
+    audio_paths = [[str(p)] for p in clips] + [[str(clips[1]), str(clips[0])]]
     job = {"models": [str(checkpoints["nested"]), str(checkpoints["flat"])], "max_tokens": MAX_TOKENS,
            "max_model_len": MAX_MODEL_LEN,
            "prompts": [{"prompt": p.prompt, "audio": a} for p, a in zip(prepared, audio_paths)]}
     (tmp_path / "job.json").write_text(json.dumps(job))
     run = subprocess.run([str(VLLM_BIN / "python"), str(WORKERS / "offline_generate.py"), str(tmp_path / "job.json")],
-                         env={**VLLM_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, capture_output=True, text=True,
+                         env={**os.environ, **VLLM_SETTINGS, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+                         capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
@@ -119,8 +118,9 @@ def vllm_server(checkpoints, tmp_path_factory):
             "--interleave-mm-strings", "--limit-mm-per-prompt", '{"audio": 4}',
             "--reasoning-parser", "step_audio", "--enable-auto-tool-choice", "--tool-call-parser", "step_audio",
             "--structured-outputs-config", '{"enable_in_reasoning": true}']
-    env = [f"{k}={VLLM_ENV[k]}" for k in VLLM_SETTINGS]
-    with serve_command(["env", *env, *argv], port, work / "vllm.log", timeout=300) as url:
+    env = [f"{k}={v}" for k, v in VLLM_SETTINGS.items()]
+    # Its start takes about a minute alone on 2 cores, several when the machine is shared.
+    with serve_command(["env", *env, *argv], port, work / "vllm.log", timeout=600) as url:
         yield url
 
 
