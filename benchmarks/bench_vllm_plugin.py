@@ -46,7 +46,7 @@ def start_vllm(model_dir: Path, port: int, args: argparse.Namespace, log: Path) 
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with {server.returncode}; see {log}")
+            raise RuntimeError(f"vllm serve exited with {server.returncode}:\n" + log.read_text()[-3000:])
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return server
@@ -90,6 +90,7 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=300.0)
     p.add_argument("--kv-cache-memory-gb", type=float, default=0.05)
     p.add_argument("--vllm-kv-gb", type=float, default=1.0)
+    p.add_argument("--vllm-log", type=Path, default=Path(tempfile.gettempdir()) / "bench_vllm_plugin.vllm.log")
     args = p.parse_args()
     args.device, args.dtype = "cpu", "float32"
     if not VLLM.exists():
@@ -101,7 +102,7 @@ def main() -> None:
         ours = measure(start_server(model_dir, port, args), port, args)
         print("vllm serve + plugin:", file=sys.stderr)
         port = free_port()
-        theirs = measure(start_vllm(model_dir, port, args, Path(tmp) / "vllm.log"), port, args)
+        theirs = measure(start_vllm(model_dir, port, args, args.vllm_log), port, args)
     print(f"machine: {machine()}; model: random, hidden {args.hidden_size}, {args.layers} layers, fp32; "
           f"{args.audio_seconds:g} s audio + text per request, {args.max_tokens} output tokens (streamed)")
     print("| streams | server | req/s | output tok/s | TTFT p50 ms | ITL p50 / p99 ms | TPOT p50 ms | E2EL p50 ms | "

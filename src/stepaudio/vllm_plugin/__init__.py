@@ -16,6 +16,7 @@ def register() -> None:
     import torch
     from transformers import AutoConfig
     from vllm import ModelRegistry
+    from vllm.platforms import current_platform
     from vllm.reasoning import ReasoningParserManager
     from vllm.tool_parsers import ToolParserManager
 
@@ -23,7 +24,7 @@ def register() -> None:
 
     # bf16 on AMX CPUs dies with SIGILL in vLLM's workers unless AMX is enabled first (measured).
     init_amx = getattr(torch.cpu, "_init_amx", None)
-    if init_amx is not None and not torch.cuda.is_available():
+    if init_amx is not None and current_platform.is_cpu():
         init_amx()
     AutoConfig.register(MODEL_TYPE, StepAudio2Config, exist_ok=True)
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
