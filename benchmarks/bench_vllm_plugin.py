@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--time-limit", type=float, default=300.0)
     p.add_argument("--kv-cache-memory-gb", type=float, default=0.05)
-    p.add_argument("--vllm-kv-gb", type=float, default=1.0)
+    p.add_argument("--vllm-kv-gb", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE (GiB, an integer)")
     p.add_argument("--vllm-log", type=Path, default=Path(tempfile.gettempdir()) / "bench_vllm_plugin.vllm.log")
     args = p.parse_args()
     args.device, args.dtype = "cpu", "float32"
