@@ -8,7 +8,7 @@ from stepaudio.default_model.assemble import Assembly
 from stepaudio.model.tiny import random_state_dict, tiny_config
 from stepaudio.text.tiny_tokenizer import build_tiny_tokenizer
 from stepaudio.train.mgrd.config import DataConfig, DistillConfig, DPOConfig, MGRDConfig, RLConfig, SFTConfig
-from stepaudio.train.mgrd.policy import Policy
+from stepaudio.train.mgrd.policy import Policy, reset_lora
 
 
 def tiny_assembly() -> Assembly:
@@ -20,7 +20,10 @@ def tiny_assembly() -> Assembly:
 
 
 def tiny_policy(out: Path, lr_lora: float = 1e-2, lr_adapter: float = 0.0) -> Policy:
-    return Policy(tiny_assembly(), 2, 4.0, "float32", lr_lora, lr_adapter, out)
+    """A fresh policy whose LoRA pairs are drawn from seed 0 (as a run's first stage draws them)."""
+    policy = Policy(tiny_assembly(), 2, 4.0, "float32", lr_lora, lr_adapter, out)
+    reset_lora(policy, 0)
+    return policy
 
 
 def tiny_config_for(out: Path, **kw) -> MGRDConfig:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mgrd_fixtures import tiny_assembly, tiny_config_for, tiny_policy
+from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from stepaudio.engine.sampling import SamplingParams
 from stepaudio.train.align import batch_from_ids
 from stepaudio.train.examples import Example
@@ -23,7 +24,7 @@ from stepaudio.train.mgrd import grounding
 from stepaudio.train.mgrd.config import load_config
 from stepaudio.train.mgrd.objectives import advantages, audio_reward, dpo_loss, policy_loss
 from stepaudio.train.mgrd.pipeline import binomial_margin, run_mgrd
-from stepaudio.train.mgrd.policy import load_folder, merge_in_place, replay_merges, reset_lora
+from stepaudio.train.mgrd.policy import Policy, merge_in_place, replay_merges, reset_lora
 from stepaudio.train.mgrd.stages import sft
 from stepaudio.train.mgrd.tasks import sound_items, text_items
 from stepaudio.train.mgrd.trainer import train_steps
@@ -126,16 +127,16 @@ def test_quantity_check_rejects_invented_numbers():
     assert not grounding.check_chain(GROUNDED, "the second", False, TRUTH, "Which is higher?").keep
 
 
-def test_rubric_verdicts_parse_and_the_judge_talks_to_an_openai_server(tiny_dir):
-    from server_fixtures import running_server
+def test_rubric_verdicts_parse_and_the_judge_talks_to_an_openai_server(tiny_dir):  # noqa: F811
+    from server_fixtures import ENGINE_OPTIONS, MODEL, running_server
     from stepaudio.engine.llm import LLM
 
     assert grounding.parse_rubric("<think>hm</think>GROUNDED COHERENT") == (True, True)
     assert grounding.parse_rubric("SURROGATE, INCOHERENT") == (False, False)
     assert grounding.parse_rubric("GROUNDED INCOHERENT") == (True, False)
     assert grounding.parse_rubric("no idea") == (False, False)
-    with running_server(LLM(tiny_dir, dtype="float32")) as url:  # our own server with the tiny model
-        judge = grounding.RubricJudge(f"{url}/v1", "tiny")
+    with running_server(LLM(tiny_dir, dtype="float32", **ENGINE_OPTIONS)) as url:  # our server, the tiny model
+        judge = grounding.RubricJudge(f"{url}/v1", MODEL)
         verdict = judge.verdict("Which is higher?", GROUNDED, "the first")
     assert verdict in {(a, b) for a in (True, False) for b in (True, False)}
 
@@ -231,8 +232,7 @@ def test_sft_resume_gives_identical_state_and_merges_replay_exactly(tmp_path):
     merge_in_place(straight, tmp_path / "a" / "merges" / "00-sft.pt")
     fresh = tiny_assembly()
     n = replay_merges(fresh, tmp_path / "a", straight.scale)
-    replayed = tiny_policy(tmp_path / "c")
-    replayed.model.load_state_dict({k: v for k, v in fresh.state.items()}, strict=False)
+    replayed = Policy(fresh, 2, 4.0, "float32", 1e-2, 1e-2, tmp_path / "c")  # what a resumed run builds
     reset_lora(replayed, n)
     for (k, x), y in zip(straight.folded_state().items(), replayed.folded_state().values()):
         assert torch.equal(x, y), k
@@ -289,8 +289,8 @@ def test_torchrun_two_processes_give_the_one_process_update(tmp_path):
     one = subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "0", str(worker), str(tmp_path / "two.pt")], env=env, capture_output=True, text=True,
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                          "2", str(worker), str(tmp_path / "two.pt")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
