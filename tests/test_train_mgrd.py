@@ -97,7 +97,8 @@ def test_item_sets_do_not_overlap_and_text_items_score():
 # ---------------------------------------------------------------- the grounding filter
 
 TRUTH = "There are two tones. The first is about 2069 Hz and the second about 467 Hz, so the first tone is higher."
-GROUNDED = "I hear two tones. The first one is near 2000 Hz, the second much lower, about 480 Hz, so the first is higher."
+GROUNDED = ("I hear two tones. The first one is near 2000 Hz, the second much lower, about 480 Hz, so the first "
+            "is higher.")
 INVENTED = "There are two tones. The first is about 1031 Hz and the second about 1400 Hz, so the first tone is higher."
 SURROGATE = "The transcript says the first tone is higher, so based on the text I pick the first."
 DENIAL = "I cannot hear audio because I am a text-based model, so I will guess the first."
@@ -211,7 +212,8 @@ def _examples() -> list[Example]:
     g = sound_items(0, ("count",), 1, False, "x")[0]
     messages, audio = g.messages(inline_audio=False)
     return [Example("count", messages, audio, f"{g.reference}\n</think>\n\n{g.reply}"),
-            Example("text", [{"role": "user", "content": "What is two plus two?"}], [], "Two plus two.\n</think>\n\nFour.")]
+            Example("text", [{"role": "user", "content": "What is two plus two?"}], [],
+                    "Two plus two.\n</think>\n\nFour.")]
 
 
 def test_sft_resume_gives_identical_state_and_merges_replay_exactly(tmp_path):
@@ -246,14 +248,15 @@ def test_every_stage_runs_and_a_rerun_resumes_without_redoing_work(tmp_path):
         assert (out / folder / "stats.json").is_file() and (out / folder / "stage.log").is_file(), folder
     assert sorted(p.name for p in (out / "merges").glob("*.pt")) == ["00-distill_round0.pt", "01-rl_round0.pt",
                                                                     "02-dpo.pt"]
-    assert (out / "evaluate_before" / "sweep.png").is_file()
+    assert (out / "evaluate_before" / "sweep.png").is_file() and (out / "sweep_before_after.png").is_file()
     chains = json.loads((out / "distill_round0" / "chains.json").read_text())
     assert chains["stats"]["audio_chains"] == 2 * 2  # two audio items, K = 2 chains each
     assert set(summary["tasks"]) == {"higher", "count"} and "before" in summary["tasks"]["higher"]
     assert len((out / "distill_round0" / "log.jsonl").read_text().splitlines()) == 2
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     run_mgrd(cfg, progress=False, assembly=tiny_assembly())
-    changed = [p for p in stamp if p.stat().st_mtime_ns != stamp[p] and p.name not in ("summary.json", "config.json")]
+    rewritten = ("summary.json", "config.json", "sweep_before_after.png")  # the run's summary, redrawn each run
+    changed = [p for p in stamp if p.stat().st_mtime_ns != stamp[p] and p.name not in rewritten]
     assert not changed, changed
 
 
@@ -266,7 +269,8 @@ def test_binomial_margin():
 def test_config_files_in_three_formats_and_clear_errors(tmp_path):
     (tmp_path / "a.toml").write_text('out = "r"\n[rl]\nestimator = "rloo"\n[data]\ntasks = ["higher"]\n')
     (tmp_path / "a.yaml").write_text("out: r\nrl:\n  estimator: rloo\ndata:\n  tasks: [higher]\n")
-    (tmp_path / "a.json").write_text(json.dumps({"out": "r", "rl": {"estimator": "rloo"}, "data": {"tasks": ["higher"]}}))
+    (tmp_path / "a.json").write_text(json.dumps({"out": "r", "rl": {"estimator": "rloo"},
+                                                 "data": {"tasks": ["higher"]}}))
     configs = [load_config(tmp_path / f"a.{ext}") for ext in ("toml", "yaml", "json")]
     assert all(c.rl.estimator == "rloo" and c.data.tasks == ("higher",) and c.out == tmp_path / "r" for c in configs)
     (tmp_path / "bad.toml").write_text('out = "r"\n[rl]\nestimatr = "rloo"\n')

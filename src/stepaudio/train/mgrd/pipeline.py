@@ -106,6 +106,11 @@ def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
         results[name] = stats
     summary = summarise(cfg, results)
     stages.write_json(out / "summary.json", summary)
+    if distributed.is_main() and "evaluate_before" in results and "evaluate_after" in results:
+        from .report import plot_before_after
+
+        plot_before_after(results["evaluate_before"], results["evaluate_after"], list(cfg.data.tasks),
+                          out / "sweep_before_after.png", f"MGRD {out.name}: held-out sound tasks")
     return summary
 
 

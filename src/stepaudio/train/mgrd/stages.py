@@ -18,7 +18,7 @@ import torch
 from ...engine.llm import LLM
 from ...engine.sampling import SamplingParams
 from ...evaluation.report import plot_sweep, summarize, sweep_markdown, table
-from ...evaluation.runner import InProcessBackend, ResultStore, Sampling, parse_budgets, run_eval
+from ...evaluation.runner import InProcessBackend, ResultStore, Sampling, budget_key, parse_budgets, run_eval
 from ..align import batch_from_ids, build_batch
 from ..examples import Example
 from ..targets import THINK_CLOSE
@@ -77,7 +77,9 @@ def evaluate(policy: Policy, cfg: MGRDConfig, folder: Path, progress: bool = Tru
     store = ResultStore(folder / "results.jsonl")
     backend = InProcessBackend(_sampler(policy, cfg))
     budgets = parse_budgets(cfg.budgets)
-    records = run_eval(items, backend, store, budgets, Sampling(cfg.eval_max_tokens, 0.0), 16, progress=progress)
+    wanted = {(item.id, budget_key(b)) for item in items for b in budgets}  # not items of an earlier config
+    records = [r for r in run_eval(items, backend, store, budgets, Sampling(cfg.eval_max_tokens, 0.0), 16,
+                                   progress=progress) if (r["id"], r["budget"]) in wanted]
     rows = summarize(records)
     title = f"held-out sound tasks, {folder.name}"
     plot = plot_sweep(rows, folder / "sweep.png", title) if len(budgets) > 1 else None
@@ -110,8 +112,8 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
             own = 0
             for k, c in enumerate(completions):
                 correct = _answered(c) and g.correct(c["answer"])
-                rec = {"item": g.item.id, "task": g.task, "chain": k, "reasoning": c["reasoning"], "answer": c["answer"],
-                       "correct": correct}
+                rec = {"item": g.item.id, "task": g.task, "chain": k, "reasoning": c["reasoning"],
+                       "answer": c["answer"], "correct": correct}
                 if g.is_audio:
                     v = check_chain(c["reasoning"], c["answer"], correct, g.reference, g.item.question,
                                     d.min_acoustic_terms, tol, judge)
@@ -122,7 +124,8 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
                 records.append(rec)
                 if rec["keep"]:
                     own += 1
-                    kept.append({"item_index": i, "source": "self", "target": f"{c['reasoning']}{THINK_CLOSE}{c['answer']}"})
+                    kept.append({"item_index": i, "source": "self",
+                                 "target": f"{c['reasoning']}{THINK_CLOSE}{c['answer']}"})
             if own == 0 and g.is_audio and d.reference_chains:
                 kept.append({"item_index": i, "source": "reference", "target": f"{g.reference}{THINK_CLOSE}{g.reply}"})
         stats = _chain_stats(records, kept)
@@ -228,8 +231,9 @@ def rl_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progress: bo
         mine = distributed.shard(rollouts[batch_index])
         prompts = [_prepare(policy, g) for g, _, _, _ in mine]
         eot = policy.tokenizer.eot_id
-        targets = [c["token_ids"] + ([eot] if c["finish"] == "stop" and (not c["token_ids"] or c["token_ids"][-1] != eot)
-                                     else []) for _, c, _, _ in mine]
+        # a chain that stopped ends with <|EOT|>, as SFT targets do (the engine may leave the stop token out)
+        targets = [c["token_ids"] + ([eot] if c["finish"] == "stop" and c["token_ids"][-1:] != [eot] else [])
+                   for _, c, _, _ in mine]
         batch = batch_from_ids(policy.tokenizer, prompts, targets, [g.task for g, _, _, _ in mine])
         logprobs, rows = policy.forward(batch)
         token_adv = torch.tensor([a for _, _, a, _ in mine], dtype=logprobs.dtype)[rows]
