@@ -92,6 +92,8 @@ def test_item_sets_do_not_overlap_and_text_items_score():
     assert all(np.array_equal(x.wav, y.wav) for x, y in zip(a, sound_items(0, ("higher",), 4, False, "distill0")))
     (t,) = text_items(0, 1, False, "t")
     assert t.correct(f"The answer is {t.item.answer}.") and t.wav is None
+    a, b = (int(x) for x in t.item.question.split("?")[0].split() if x.isdigit())
+    assert t.correct(f"{a} {'plus' if int(t.item.answer) == a + b else 'minus'} {b} equals {t.item.answer}.")
 
 
 # ---------------------------------------------------------------- the grounding filter

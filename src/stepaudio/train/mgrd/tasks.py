@@ -80,8 +80,9 @@ def text_items(seed: int, n: int, heldout: bool, tag: str) -> list[GroundedItem]
     out = []
     for i in range(n):
         q = arithmetic_question(rng, heldout)
+        # "math": the final number is the answer ("4 minus 3 equals 1" is right; "short" would read the 4)
         out.append(GroundedItem(EvalItem(f"{tag}-{TEXT_TASK}-{i:04d}", (), q.text, q.accept[0], (), TEXT_TASK,
-                                         "short"), None, ""))
+                                         "math"), None, ""))
     return out
 
 
