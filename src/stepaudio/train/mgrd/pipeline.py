@@ -123,6 +123,12 @@ def data_stage(cfg: MGRDConfig) -> dict:
             "distill_items_per_round": per_round, "text_items_per_round": cfg.data.text_items}
 
 
+def _largest_budget(budgets: str) -> str:
+    """The budget per-task accuracy is reported at: "inf" when swept, else the largest one."""
+    values = [b.strip().lower() for b in budgets.split(",")]
+    return "inf" if "inf" in values else max(values, key=int)
+
+
 def summarise(cfg: MGRDConfig, results: dict) -> dict:
     from ..sounds import CHANCE
 
@@ -131,7 +137,7 @@ def summarise(cfg: MGRDConfig, results: dict) -> dict:
     for task in cfg.data.tasks:
         row = {}
         for label, ev in (("before", before), ("after", after)):
-            cell = ev.get(f"{task}@inf")
+            cell = ev.get(f"{task}@{_largest_budget(cfg.budgets)}")
             if cell:
                 row[label] = {"correct": cell["correct"], "n": cell["n"], "accuracy": cell["accuracy"],
                               "sd_above_chance": round(binomial_margin(cell["correct"], cell["n"], CHANCE[task]), 2)}
