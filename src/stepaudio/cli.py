@@ -234,6 +234,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="skip the cascade reference (the decoder given Whisper-base's own transcripts; "
                         "needs ctranslate2)")
     e.set_defaults(func=_run_train_evaluate)
+    from .train.mgrd.cli import add_mgrd_parser
+
+    add_mgrd_parser(steps)
 
 
 ALIGN_OPTIONS = ("steps", "ctc_clips", "ctc_epochs", "listening_drill_steps", "generated_questions",

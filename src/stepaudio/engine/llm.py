@@ -50,6 +50,16 @@ class LLM:
         self.engine = LLMEngine(self.model, self.tokenizer, EngineConfig(**engine_options))
         self._ids = itertools.count()
 
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer: StepTokenizer, **engine_options: Any) -> "LLM":
+        """An LLM over a model already in memory (training samples from its current policy this way).
+        The engine owns the model from then on (on CPU it prepacks the linears)."""
+        llm = cls.__new__(cls)
+        llm.tokenizer, llm.model = tokenizer, model
+        llm.engine = LLMEngine(model, tokenizer, EngineConfig(**engine_options))
+        llm._ids = itertools.count()
+        return llm
+
     def prepare(self, messages: Sequence[dict[str, Any]], **template_options: Any) -> PreparedPrompt:
         """Render one conversation; audio parts carry base64 data, data:/file URLs, paths or arrays."""
         messages, audio = resolve_audio_parts(messages)

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..default_model.assemble import ADAPTER_HIDDEN, DELTA_FORMAT, Assembly, load_base, read_delta, write_assembly
-from ..inputs import prepare_chat
+from ..inputs import PreparedPrompt, prepare_chat
 from ..model.lora import attach_lora, lora_tensors
 from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
@@ -76,10 +76,16 @@ class Batch:
 
 
 def build_batch(tokenizer: StepTokenizer, examples: list[Example], n_mels: int) -> Batch:
+    prompts = [prepare_chat(tokenizer, ex.messages, ex.audio, n_mels=n_mels) for ex in examples]
+    targets = [tokenizer.encode(ex.target) + [tokenizer.eot_id] for ex in examples]
+    return batch_from_ids(tokenizer, prompts, targets, [ex.kind for ex in examples])
+
+
+def batch_from_ids(tokenizer: StepTokenizer, prompts: list[PreparedPrompt], targets: list[list[int]],
+                   kinds: list[str]) -> Batch:
+    """Prompts and target token ids (e.g. sampled ones, exactly as sampled) as one right-padded batch."""
     rows, labels, mels = [], [], []
-    for ex in examples:
-        prompt = prepare_chat(tokenizer, ex.messages, ex.audio, n_mels=n_mels)
-        target = tokenizer.encode(ex.target) + [tokenizer.eot_id]
+    for prompt, target in zip(prompts, targets):
         rows.append(prompt.token_ids + target)
         labels.append([-100] * len(prompt.token_ids) + target)
         mels += prompt.mels
@@ -87,7 +93,7 @@ def build_batch(tokenizer: StepTokenizer, examples: list[Example], n_mels: int) 
     pad = tokenizer.eos_token_ids[0]
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     lab = torch.tensor([lb + [-100] * (width - len(lb)) for lb in labels])
-    return Batch(ids, lab, ids == tokenizer.audio_patch_id, mels, [ex.kind for ex in examples])
+    return Batch(ids, lab, ids == tokenizer.audio_patch_id, mels, kinds)
 
 
 def decoder_dtype(choice: str) -> torch.dtype:
@@ -124,7 +130,9 @@ class AlignModel:
         return [{"params": list(self.model.adapter.parameters()), "lr": self.cfg.lr_adapter},
                 {"params": lora, "lr": self.cfg.lr_lora}]
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def target_logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probability of every target token [N], its row in the batch [N]): what every objective
+        (SFT, policy gradient, DPO) is built from. Logits are computed only at the targets."""
         model = self.model
         audio = None
         if batch.mels:
@@ -137,9 +145,12 @@ class AlignModel:
         targets = batch.labels[:, 1:]
         mask = targets != -100
         logits = model.lm_head(hidden[:, :-1][mask].to(self.dtype)).float()
-        per_token = F.cross_entropy(logits, targets[mask], reduction="none")
+        return -F.cross_entropy(logits, targets[mask], reduction="none"), torch.nonzero(mask)[:, 0]
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        logprobs, row_of_token = self.target_logprobs(batch)
+        per_token = -logprobs
         by_kind: dict[str, list[float]] = {}
-        row_of_token = torch.nonzero(mask)[:, 0]
         for row, kind in enumerate(batch.kinds):
             values = per_token[row_of_token == row]
             by_kind.setdefault(kind, []).append(float(values.detach().mean()))

@@ -1,0 +1,153 @@
+"""Is a reasoning chain grounded in what was heard? A lexical pre-filter, a quantity check, a rubric judge.
+
+The paper's filter keeps chains that are acoustically grounded, coherent and correct, and names neither a
+judge nor a detector (training_realtime_eval.md §1.4). Here, cheapest first:
+- lexical: acoustic terms (pitch, Hz, loud, beep, rising ...) against surrogate phrases ("the transcript
+  says", "I cannot hear", "as a text model" ...): grounded needs enough of the first and none of the second;
+- quantities: every frequency, level and duration a chain states must match one the generator used (the
+  model at chance invents "1031 Hz" for a 2069 Hz tone: that chain is rejected even when the answer is right);
+- rubric judge: any OpenAI-compatible chat model answers GROUNDED/SURROGATE and COHERENT/INCOHERENT.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ...evaluation.http import post_json
+
+ACOUSTIC_TERMS = (
+    "pitch", "hz", "hertz", "frequency", "tone", "tones", "loud", "louder", "quiet", "quieter", "volume", "db",
+    "decibel", "level", "beep", "beeps", "sound", "sounds", "hear", "heard", "listen", "rising", "falling", "rises",
+    "falls", "sweep", "higher", "lower", "duration", "lasts", "long", "longer", "shorter", "seconds", "rhythm",
+    "tempo", "beat", "beats", "timbre", "noise", "intonation", "prosody", "clip", "onset", "starts", "ends",
+)
+SURROGATE_PHRASES = (
+    "the transcript", "transcription says", "the lyrics", "the text says", "based on the text", "the caption",
+    "i cannot hear", "i can't hear", "i can not hear", "unable to hear", "cannot listen", "can't listen",
+    "i am a text", "i'm a text", "as a text-based", "as a text model", "as an ai language model", "no audio",
+    "cannot process audio", "can't process audio", "do not have access to the audio", "don't have access to the audio",
+    "without hearing", "cannot perceive",
+)
+DENIAL_PHRASES = tuple(p for p in SURROGATE_PHRASES if p.startswith(("i ", "i'm", "as ", "unable", "cannot", "can't",
+                                                                     "no audio", "do not", "don't", "without")))
+_WORD = re.compile(r"[a-z]+")
+_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)\s*(hz|hertz|khz|db|decibels?|s|sec|secs|seconds?|ms)\b")
+
+
+def lexical_counts(text: str) -> tuple[int, int]:
+    """(acoustic words, surrogate phrases) in `text`."""
+    lower = text.lower()
+    words = _WORD.findall(lower)
+    terms = set(ACOUSTIC_TERMS)
+    return sum(w in terms for w in words), sum(lower.count(p) for p in SURROGATE_PHRASES)
+
+
+def lexically_grounded(text: str, min_terms: int = 2) -> bool:
+    acoustic, surrogate = lexical_counts(text)
+    return surrogate == 0 and acoustic >= min_terms
+
+
+def claims_no_hearing(text: str) -> bool:
+    """The self-cognition error: the reply says it cannot hear or is a text-only model."""
+    lower = text.lower()
+    return any(p in lower for p in DENIAL_PHRASES)
+
+
+def quantities(text: str) -> dict[str, list[float]]:
+    """Stated quantities by unit: {"hz": [...], "db": [...], "s": [...]} (kHz and ms converted)."""
+    out: dict[str, list[float]] = {"hz": [], "db": [], "s": []}
+    for number, unit in _QUANTITY.findall(text.lower()):
+        value = float(number)
+        if unit in ("hz", "hertz", "khz"):
+            out["hz"].append(value * (1000 if unit == "khz" else 1))
+        elif unit.startswith("d"):
+            out["db"].append(-abs(value))  # levels are below full scale; "6 dB" and "-6 dB" say the same
+        else:
+            out["s"].append(value / (1000 if unit == "ms" else 1))
+    return out
+
+
+@dataclass
+class Tolerances:
+    hz: float = 0.25       # relative
+    db: float = 6.0        # absolute, dB
+    s: float = 0.35        # relative
+
+
+def _matches(value: float, truths: list[float], unit: str, tol: Tolerances) -> bool:
+    if unit == "db":
+        return any(abs(value - t) <= tol.db for t in truths)
+    rel = tol.hz if unit == "hz" else tol.s
+    return any(abs(value - t) <= rel * max(abs(t), 0.05) for t in truths)
+
+
+def quantities_agree(chain: str, truth: str, tol: Tolerances = Tolerances()) -> bool:
+    """Every quantity `chain` states matches one stated in `truth` (the generator's reasoning) in its unit;
+    a chain stating a unit the truth never uses is wrong about it."""
+    said, known = quantities(chain), quantities(truth)
+    return all(_matches(v, known[unit], unit, tol) if known[unit] else False
+               for unit, values in said.items() for v in values)
+
+
+_RUBRIC = """You check one reasoning chain written by an audio model about a sound clip.
+
+Question: {question}
+Reasoning: {reasoning}
+Final answer: {answer}
+
+1. GROUNDED if the reasoning describes what is heard (pitch, loudness, timing, number of sounds, direction of
+   a sweep), SURROGATE if it reasons from text (a transcript, captions), says it cannot hear, or never
+   mentions the sound.
+2. COHERENT if the steps lead to the final answer, INCOHERENT if they contradict it or each other.
+Reply with two words, e.g. "GROUNDED COHERENT"."""
+_VERDICT = re.compile(r"\b(GROUNDED|SURROGATE)\b.*?\b(INCOHERENT|COHERENT)\b", re.S)
+
+
+def parse_rubric(text: str) -> tuple[bool, bool]:
+    """(grounded, coherent) from the judge's reply (after any thinking); unreadable counts as neither."""
+    m = _VERDICT.search(text.split("</think>")[-1].upper())
+    return (m.group(1) == "GROUNDED", m.group(2) == "COHERENT") if m else (False, False)
+
+
+@dataclass
+class RubricJudge:
+    api_base: str
+    model: str
+    api_key: str | None = None
+    timeout: float = 120.0
+
+    def verdict(self, question: str, reasoning: str, answer: str) -> tuple[bool, bool]:
+        payload = {"model": self.model, "temperature": 0.0, "max_tokens": 16,
+                   "messages": [{"role": "user", "content": _RUBRIC.format(question=question, reasoning=reasoning,
+                                                                           answer=answer)}]}
+        reply = post_json(f"{self.api_base.rstrip('/')}/chat/completions", payload, self.api_key, self.timeout)
+        return parse_rubric(reply["choices"][0]["message"].get("content") or "")
+
+
+@dataclass
+class ChainVerdict:
+    correct: bool
+    lexical: bool
+    quantities: bool
+    judged: bool | None       # None: no judge configured
+    coherent: bool | None
+
+    @property
+    def grounded(self) -> bool:
+        return self.lexical and self.quantities and self.judged is not False
+
+    @property
+    def keep(self) -> bool:
+        return self.correct and self.grounded and self.coherent is not False
+
+
+def check_chain(reasoning: str, answer: str | None, correct: bool, truth: str, question: str,
+                min_terms: int = 2, tol: Tolerances = Tolerances(), judge: RubricJudge | None = None) -> ChainVerdict:
+    """All three filters; the judge is asked only about chains the cheap checks kept."""
+    lexical = lexically_grounded(reasoning, min_terms)
+    agree = quantities_agree(reasoning, truth, tol)
+    judged = coherent = None
+    if judge is not None and correct and lexical and agree:
+        judged, coherent = judge.verdict(question, reasoning, answer or "")
+    return ChainVerdict(correct, lexical, agree, judged, coherent)

@@ -1,0 +1,99 @@
+"""Perception-grounded items: questions whose answer needs the signal itself, with exact answers.
+
+Sound items come from `train.sounds` (pitch order, loudness, duration, counting, sweep direction; the
+held-out set uses other frequencies and waveforms); arithmetic items keep text reasoning in the mix.
+Each item is an `EvalItem` (scored by the evaluation's own rules) plus its waveform and the generator's
+grounded reasoning, whose numbers are the ground truth the quantity check compares chains with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ...evaluation.items import EvalItem
+from ...evaluation.prompts import question_text
+from ...evaluation.scoring import rule_correct
+from ..examples import sound_reply
+from ..questions import arithmetic_question
+from ..sounds import MAKERS, SAMPLE_RATE, SoundItem
+
+TEXT_TASK = "arithmetic"
+_CHOICES = {"direction": ("rising", "falling")}
+
+
+@dataclass
+class GroundedItem:
+    item: EvalItem
+    wav: np.ndarray | None       # None for text items
+    reference: str               # grounded reasoning built from the true facts ("" for text items)
+    reply: str = ""              # the answer sentence that follows it ("The second tone is higher.")
+
+    @property
+    def task(self) -> str:
+        return self.item.category
+
+    @property
+    def is_audio(self) -> bool:
+        return self.wav is not None
+
+    def messages(self, inline_audio: bool) -> tuple[list[dict], list[np.ndarray]]:
+        """The user turn as the evaluation sends it (question text, then the audio): with the waveform
+        inline (for the engine's `chat`) or as a placeholder plus the waveform list (for training batches)."""
+        content: list[dict] = [{"type": "text", "text": question_text(self.item)}]
+        audio: list[np.ndarray] = []
+        if self.wav is not None:
+            content.append({"type": "audio", "audio": self.wav} if inline_audio else {"type": "audio"})
+            audio = [] if inline_audio else [self.wav]
+        return [{"role": "user", "content": content}], audio
+
+    def correct(self, answer: str | None) -> bool:
+        return bool(answer) and bool(rule_correct(answer, self.item))
+
+
+def _from_sound(sound: SoundItem, item_id: str, rng: np.random.Generator) -> GroundedItem:
+    if sound.task == "count":
+        item = EvalItem(item_id, (), sound.question, sound.answer, (), sound.task, "short")
+    else:
+        choices = _CHOICES.get(sound.task, ("the first", "the second"))
+        if rng.random() < 0.5:
+            choices = choices[::-1]
+        item = EvalItem(item_id, (), sound.question, sound.answer, tuple(choices), sound.task, "mcq")
+    return GroundedItem(item, sound.wav, sound.reasoning, sound_reply(sound))
+
+
+def sound_items(seed: int, tasks: tuple[str, ...], per_task: int, heldout: bool, tag: str) -> list[GroundedItem]:
+    """`per_task` items of each task; each item seeded by (seed, tag, task, index) so sets never overlap."""
+    out = []
+    for task in tasks:
+        for i in range(per_task):
+            rng = np.random.default_rng([seed, sum(tag.encode()), len(tag), list(MAKERS).index(task), i])
+            out.append(_from_sound(MAKERS[task](rng, heldout), f"{tag}-{task}-{i:04d}", rng))
+    return out
+
+
+def text_items(seed: int, n: int, heldout: bool, tag: str) -> list[GroundedItem]:
+    rng = np.random.default_rng([seed, sum(tag.encode()), 99])
+    out = []
+    for i in range(n):
+        q = arithmetic_question(rng, heldout)
+        # "math": the final number is the answer ("4 minus 3 equals 1" is right; "short" would read the 4)
+        out.append(GroundedItem(EvalItem(f"{tag}-{TEXT_TASK}-{i:04d}", (), q.text, q.accept[0], (), TEXT_TASK,
+                                         "math"), None, ""))
+    return out
+
+
+def write_eval_items(items: list[GroundedItem], folder: Path) -> list[EvalItem]:
+    """The audio items as WAV files and `EvalItem`s that point at them (what `run_eval` reads)."""
+    (folder / "audio").mkdir(parents=True, exist_ok=True)
+    out = []
+    for g in items:
+        path = folder / "audio" / f"{g.item.id}.wav"
+        if not path.is_file():
+            sf.write(path, g.wav, SAMPLE_RATE, subtype="FLOAT")
+        i = g.item
+        out.append(EvalItem(i.id, (str(path),), i.question, i.answer, i.choices, i.category, i.style))
+    return out

@@ -1,0 +1,73 @@
+"""One resumable update loop for every stage: seeded steps, state every N steps, a JSONL log, a bar.
+
+A stage gives `step_loss(step)`, which builds that step's global batch from the step number alone (so a
+rerun replays the same data) and returns this rank's share of the loss (its part of the sum over the global
+batch, divided by the global normaliser: the shares add up to the one-process loss) and a log record.
+The loop does the rest: learning rate, backward (DDP averages the gradients), clipping, AdamW, saving.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import distributed
+from .policy import Policy
+
+StepLoss = Callable[[int], tuple[torch.Tensor, dict]]
+
+
+def _lr_factor(step: int, warmup: int) -> float:
+    return min(1.0, (step + 1) / max(1, warmup))
+
+
+def train_steps(policy: Policy, step_loss: StepLoss, steps: int, folder: Path, desc: str, save_every: int = 5,
+                warmup: int = 0, progress: bool = True, max_grad_norm: float = 1.0) -> None:
+    """Run (or resume) `steps` updates of `policy`; state and log live in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.AdamW(policy.parameter_groups(), weight_decay=0.0)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    state_path, log_path = folder / "state.pt", folder / "log.jsonl"
+    start = 0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=True)
+        policy.model.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        if start < steps:
+            print(f"stepaudio: resuming {folder} at step {start}/{steps}", file=sys.stderr)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress or not distributed.is_main(),
+               file=sys.stderr)
+    for step in range(start, steps):
+        t0 = time.time()
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * _lr_factor(step, warmup)
+        loss, record = step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        (loss * distributed.world()[1]).backward()  # DDP averages over ranks; each loss is a share of the sum
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        record = {"step": step + 1, "loss": round(distributed.global_sum(float(loss.detach())), 5),
+                  "grad_norm": round(float(grad_norm), 4), **record, "seconds": round(time.time() - t0, 2)}
+        if distributed.is_main():
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if (step + 1) % save_every == 0 or step + 1 == steps:
+                _save(state_path, step + 1, policy, optimizer)
+        bar.update()
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+    bar.close()
+    distributed.barrier()
+
+
+def _save(path: Path, step: int, policy: Policy, optimizer: torch.optim.Optimizer) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "trainable": policy.trainable_state(), "optimizer": optimizer.state_dict()}, tmp)
+    tmp.replace(path)

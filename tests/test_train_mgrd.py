@@ -1,0 +1,307 @@
+"""MGRD on a tiny model: the data's answers measured back from the audio, the grounding filter on fixed
+chains, GRPO's advantages and loss by hand, a reward that favours one token, resume, the whole pipeline."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mgrd_fixtures import tiny_assembly, tiny_config_for, tiny_policy
+from model_fixtures import tiny_dir  # noqa: F401  (fixture)
+from stepaudio.engine.sampling import SamplingParams
+from stepaudio.train.align import batch_from_ids
+from stepaudio.train.examples import Example
+from stepaudio.train.mgrd import grounding
+from stepaudio.train.mgrd.config import load_config
+from stepaudio.train.mgrd.objectives import advantages, audio_reward, dpo_loss, policy_loss
+from stepaudio.train.mgrd.pipeline import binomial_margin, run_mgrd
+from stepaudio.train.mgrd.policy import Policy, merge_in_place, replay_merges, reset_lora
+from stepaudio.train.mgrd.stages import sft
+from stepaudio.train.mgrd.tasks import sound_items, text_items
+from stepaudio.train.mgrd.trainer import train_steps
+from stepaudio.train.sounds import SAMPLE_RATE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- data: answers measured from the audio
+
+def _segments(wav: np.ndarray) -> list[np.ndarray]:
+    """The sounding parts: 10 ms RMS above 0.02 (the noise floor is below 0.006, the quietest tone 0.05)."""
+    hop = SAMPLE_RATE // 100
+    rms = np.sqrt([np.mean(wav[i:i + hop] ** 2) for i in range(0, len(wav) - hop, hop)])
+    on = rms > 0.02
+    out, start = [], None
+    for i, flag in enumerate(np.append(on, False)):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            if i - start >= 5:
+                out.append(wav[start * hop:i * hop])
+            start = None
+    return out
+
+
+def _peak_hz(x: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)), n=1 << 16))
+    return float(np.argmax(spectrum) * SAMPLE_RATE / (1 << 16))
+
+
+def _measured_answer(task: str, wav: np.ndarray) -> str:
+    parts = _segments(wav)
+    if task == "count":
+        return str(len(parts))
+    if task == "direction":
+        (sweep,) = parts
+        fifth = len(sweep) // 5
+        return "rising" if _peak_hz(sweep[-fifth:]) > _peak_hz(sweep[:fifth]) else "falling"
+    first, second = parts
+    if task == "higher":
+        a, b = _peak_hz(first), _peak_hz(second)
+    elif task == "louder":
+        a, b = np.sqrt(np.mean(first ** 2)), np.sqrt(np.mean(second ** 2))
+    else:
+        a, b = len(first), len(second)
+    return "the first" if a > b else "the second"
+
+
+@pytest.mark.parametrize("heldout", [False, True])
+def test_every_answer_is_what_the_audio_measures(heldout):
+    items = sound_items(3, ("higher", "louder", "longer", "direction", "count"), 6, heldout, "check")
+    for g in items:
+        assert _measured_answer(g.task, g.wav) == g.item.answer, g.item.id
+        assert g.correct(g.reply) and not g.correct("I am not sure.")
+    # the first tone is drawn from 1300-2200 Hz for held-out items, from 250-1200 Hz for training
+    firsts = [_peak_hz(_segments(g.wav)[0]) for g in items if g.task == "higher"]
+    assert all((f > 1250) == heldout for f in firsts), firsts
+
+
+def test_item_sets_do_not_overlap_and_text_items_score():
+    a = sound_items(0, ("higher",), 4, False, "distill0")
+    b = sound_items(0, ("higher",), 4, False, "distill1")
+    assert not any(np.array_equal(x.wav, y.wav) for x in a for y in b)
+    assert all(np.array_equal(x.wav, y.wav) for x, y in zip(a, sound_items(0, ("higher",), 4, False, "distill0")))
+    (t,) = text_items(0, 1, False, "t")
+    assert t.correct(f"The answer is {t.item.answer}.") and t.wav is None
+    a, b = (int(x) for x in t.item.question.split("?")[0].split() if x.isdigit())
+    assert t.correct(f"{a} {'plus' if int(t.item.answer) == a + b else 'minus'} {b} equals {t.item.answer}.")
+
+
+# ---------------------------------------------------------------- the grounding filter
+
+TRUTH = "There are two tones. The first is about 2069 Hz and the second about 467 Hz, so the first tone is higher."
+GROUNDED = ("I hear two tones. The first one is near 2000 Hz, the second much lower, about 480 Hz, so the first "
+            "is higher.")
+INVENTED = "There are two tones. The first is about 1031 Hz and the second about 1400 Hz, so the first tone is higher."
+SURROGATE = "The transcript says the first tone is higher, so based on the text I pick the first."
+DENIAL = "I cannot hear audio because I am a text-based model, so I will guess the first."
+# After R1-v2 Appendix A.2: the "after" chain cites what is heard, the "before" one the words and its deafness.
+APPENDIX_AFTER = ("The speaker's tone is hesitant: the pitch drops at the end, the pacing is slow and there is a "
+                  "long pause and an 'um' before the answer, so the speaker sounds unsure.")
+APPENDIX_BEFORE = ("Based on the text of the transcript, the speaker says they are fine. I can't hear the audio, so "
+                   "I assume they are happy.")
+
+
+def test_lexical_filter_separates_grounded_from_surrogate_chains():
+    assert grounding.lexically_grounded(GROUNDED) and grounding.lexically_grounded(APPENDIX_AFTER)
+    for chain in (SURROGATE, DENIAL, APPENDIX_BEFORE, "The answer is the first."):
+        assert not grounding.lexically_grounded(chain), chain
+    assert grounding.claims_no_hearing(DENIAL) and grounding.claims_no_hearing(APPENDIX_BEFORE)
+    assert not grounding.claims_no_hearing(GROUNDED)
+
+
+def test_quantity_check_rejects_invented_numbers():
+    assert grounding.quantities("a 1.5 kHz tone for 250 ms at -6 dB") == {"hz": [1500.0], "db": [-6.0], "s": [0.25]}
+    assert grounding.quantities_agree(GROUNDED, TRUTH)
+    assert not grounding.quantities_agree(INVENTED, TRUTH)
+    assert not grounding.quantities_agree("It lasts 3 s.", TRUTH)  # the truth states no duration
+    verdict = grounding.check_chain(INVENTED, "the first", True, TRUTH, "Which is higher?")
+    assert verdict.lexical and not verdict.quantities and not verdict.keep
+    assert grounding.check_chain(GROUNDED, "the first", True, TRUTH, "Which is higher?").keep
+    assert not grounding.check_chain(GROUNDED, "the second", False, TRUTH, "Which is higher?").keep
+
+
+def test_rubric_verdicts_parse_and_the_judge_talks_to_an_openai_server(tiny_dir):  # noqa: F811
+    from server_fixtures import ENGINE_OPTIONS, MODEL, running_server
+    from stepaudio.engine.llm import LLM
+
+    assert grounding.parse_rubric("<think>hm</think>GROUNDED COHERENT") == (True, True)
+    assert grounding.parse_rubric("SURROGATE, INCOHERENT") == (False, False)
+    assert grounding.parse_rubric("GROUNDED INCOHERENT") == (True, False)
+    assert grounding.parse_rubric("no idea") == (False, False)
+    with running_server(LLM(tiny_dir, dtype="float32", **ENGINE_OPTIONS)) as url:  # our server, the tiny model
+        judge = grounding.RubricJudge(f"{url}/v1", MODEL)
+        verdict = judge.verdict("Which is higher?", GROUNDED, "the first")
+    assert verdict in {(a, b) for a in (True, False) for b in (True, False)}
+
+
+# ---------------------------------------------------------------- GRPO and DPO by hand
+
+def test_advantages_match_hand_computation():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.2, 0.2, 0.2, 0.2]])
+    # mean 0.5, population std 0.5: z-scores +-1; a constant group gives 0
+    assert torch.allclose(advantages(r, "grpo"), torch.tensor([[1.0, -1.0, -1.0, 1.0], [0, 0, 0, 0.0]]), atol=1e-5)
+    # leave-one-out: 1 - 1/3, 0 - 2/3
+    assert torch.allclose(advantages(r, "rloo")[0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]))
+    assert torch.allclose(advantages(r, "mean")[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    assert audio_reward(True, True) == pytest.approx(1.0) and audio_reward(False, True) == pytest.approx(0.2)
+    assert audio_reward(True, False) == pytest.approx(0.8)
+
+
+def test_clipped_policy_loss_matches_hand_computation():
+    old = torch.log(torch.tensor([0.5, 0.5, 0.5]))
+    new = torch.log(torch.tensor([0.75, 0.55, 0.25])).requires_grad_(True)  # ratios 1.5, 1.1, 0.5
+    adv = torch.tensor([1.0, 1.0, -1.0])
+    loss = policy_loss(new, old, adv, normaliser=3, clip=0.2)
+    # token 1: min(1.5, 1.2) = 1.2 (clipped); token 2: 1.1; token 3: min(-0.5, -0.8) = -0.8
+    assert float(loss) == pytest.approx(-(1.2 + 1.1 - 0.8) / 3, abs=1e-6)
+    loss.backward()
+    # the clipped tokens get no gradient; token 2's is -ratio * A / 3
+    assert torch.allclose(new.grad, torch.tensor([0.0, -1.1 / 3, 0.0]), atol=1e-6)
+
+
+def test_dpo_loss_matches_hand_computation():
+    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.5, 1)
+    assert float(loss) == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))))
+
+
+# ---------------------------------------------------------------- training on the tiny model
+
+def test_a_reward_favouring_one_token_raises_its_probability(tmp_path):
+    """GRPO with rollouts sampled from the current policy by our engine; reward 1 when the first sampled
+    token is the favoured one."""
+    torch.manual_seed(0)
+    policy = tiny_policy(tmp_path, lr_lora=1e-2)
+    tok = policy.tokenizer
+    from stepaudio.inputs import prepare_chat
+
+    prompt = prepare_chat(tok, [{"role": "user", "content": "Say something."}], [])
+    # the favoured token: one the untrained policy samples now and then (a group with no hit has no signal)
+    (first,) = policy.sampler(kv_cache_memory_gb=0.01).generate(
+        [prompt], SamplingParams(n=64, temperature=1.0, max_tokens=1, seed=123))
+    counts = Counter(c.token_ids[0] for c in first.completions)
+    target = max(counts, key=lambda t: (counts[t], -t))
+
+    def prob() -> float:
+        with torch.no_grad():
+            logprobs, _ = policy.forward(batch_from_ids(tok, [prompt], [[target]], ["x"]))
+        return float(logprobs.exp()[0])
+
+    def step_loss(step: int):
+        llm = policy.sampler(kv_cache_memory_gb=0.01)
+        (result,) = llm.generate([prompt], SamplingParams(n=32, temperature=1.0, max_tokens=1, seed=step))
+        firsts = [c.token_ids[0] for c in result.completions]
+        rewards = torch.tensor([[float(t == target) for t in firsts]])
+        adv = advantages(rewards, "grpo")[0]
+        logprobs, _ = policy.forward(batch_from_ids(tok, [prompt] * 32, [[t] for t in firsts], ["x"] * 32))
+        return policy_loss(logprobs, logprobs.detach(), adv, 32), {"hits": int(rewards.sum())}
+
+    before = prob()
+    train_steps(policy, step_loss, 3, tmp_path / "rl", "rl", save_every=100, progress=False)
+    assert prob() > min(0.9, before + 0.2), (before, prob())
+
+
+def _examples() -> list[Example]:
+    g = sound_items(0, ("count",), 1, False, "x")[0]
+    messages, audio = g.messages(inline_audio=False)
+    return [Example("count", messages, audio, f"{g.reference}\n</think>\n\n{g.reply}"),
+            Example("text", [{"role": "user", "content": "What is two plus two?"}], [],
+                    "Two plus two.\n</think>\n\nFour.")]
+
+
+def test_sft_resume_gives_identical_state_and_merges_replay_exactly(tmp_path):
+    cfg = tiny_config_for(tmp_path / "cfg")
+    straight = tiny_policy(tmp_path / "a", lr_adapter=1e-2)
+    cfg.sft.steps = 4
+    sft(straight, cfg, _examples(), tmp_path / "a", "sft", progress=False)
+    resumed = tiny_policy(tmp_path / "b", lr_adapter=1e-2)
+    cfg.sft.steps = 2
+    sft(resumed, cfg, _examples(), tmp_path / "b", "sft", progress=False)
+    resumed = tiny_policy(tmp_path / "b", lr_adapter=1e-2)  # a new process: state.pt is all that is left
+    cfg.sft.steps = 4
+    sft(resumed, cfg, _examples(), tmp_path / "b", "sft", progress=False)
+    a, b = straight.trainable_state(), resumed.trainable_state()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 4
+    # merging in place and replaying the stored merge onto a fresh start give the same weights
+    merge_in_place(straight, tmp_path / "a" / "merges" / "00-sft.pt")
+    fresh = tiny_assembly()
+    n = replay_merges(fresh, tmp_path / "a", straight.scale)
+    replayed = Policy(fresh, 2, 4.0, "float32", 1e-2, 1e-2, tmp_path / "c")  # what a resumed run builds
+    reset_lora(replayed, n)
+    for (k, x), y in zip(straight.folded_state().items(), replayed.folded_state().values()):
+        assert torch.equal(x, y), k
+
+
+def test_every_stage_runs_and_a_rerun_resumes_without_redoing_work(tmp_path):
+    cfg = tiny_config_for(tmp_path / "run")
+    summary = run_mgrd(cfg, progress=False, assembly=tiny_assembly())
+    out = tmp_path / "run"
+    for folder in ("data", "evaluate_before", "distill_round0", "rl_round0", "dpo", "evaluate_after"):
+        assert (out / folder / "stats.json").is_file() and (out / folder / "stage.log").is_file(), folder
+    assert sorted(p.name for p in (out / "merges").glob("*.pt")) == ["00-distill_round0.pt", "01-rl_round0.pt",
+                                                                    "02-dpo.pt"]
+    assert (out / "evaluate_before" / "sweep.png").is_file() and (out / "sweep_before_after.png").is_file()
+    chains = json.loads((out / "distill_round0" / "chains.json").read_text())
+    assert chains["stats"]["audio_chains"] == 2 * 2  # two audio items, K = 2 chains each
+    assert set(summary["tasks"]) == {"higher", "count"} and "before" in summary["tasks"]["higher"]
+    assert len((out / "distill_round0" / "log.jsonl").read_text().splitlines()) == 2
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    run_mgrd(cfg, progress=False, assembly=tiny_assembly())
+    rewritten = ("summary.json", "config.json", "sweep_before_after.png")  # the run's summary, redrawn each run
+    changed = [p for p in stamp if p.stat().st_mtime_ns != stamp[p] and p.name not in rewritten]
+    assert not changed, changed
+
+
+def test_binomial_margin():
+    assert binomial_margin(15, 20, 0.5) == pytest.approx(0.25 / math.sqrt(0.25 / 20))
+
+
+# ---------------------------------------------------------------- config and command line
+
+def test_config_files_in_three_formats_and_clear_errors(tmp_path):
+    (tmp_path / "a.toml").write_text('out = "r"\n[rl]\nestimator = "rloo"\n[data]\ntasks = ["higher"]\n')
+    (tmp_path / "a.yaml").write_text("out: r\nrl:\n  estimator: rloo\ndata:\n  tasks: [higher]\n")
+    (tmp_path / "a.json").write_text(json.dumps({"out": "r", "rl": {"estimator": "rloo"},
+                                                 "data": {"tasks": ["higher"]}}))
+    configs = [load_config(tmp_path / f"a.{ext}") for ext in ("toml", "yaml", "json")]
+    assert all(c.rl.estimator == "rloo" and c.data.tasks == ("higher",) and c.out == tmp_path / "r" for c in configs)
+    (tmp_path / "bad.toml").write_text('out = "r"\n[rl]\nestimatr = "rloo"\n')
+    with pytest.raises(ValueError, match="unknown setting 'estimatr'"):
+        load_config(tmp_path / "bad.toml")
+    (tmp_path / "bad2.toml").write_text('out = "r"\n[data]\ntasks = ["pitchh"]\n')
+    with pytest.raises(ValueError, match="unknown task 'pitchh'"):
+        load_config(tmp_path / "bad2.toml")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    run = subprocess.run([sys.executable, "-m", "stepaudio", "train", "mgrd", "--config", str(tmp_path / "bad.toml")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("stepaudio train mgrd: ")
+
+
+# ---------------------------------------------------------------- data parallel
+
+def test_torchrun_two_processes_give_the_one_process_update(tmp_path):
+    worker = Path(__file__).parent / "mgrd_ddp_worker.py"
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{Path(__file__).parent}", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                          "2", str(worker), str(tmp_path / "two.pt")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert a["initial"].keys() == b["final"].keys()
+    moved = max(float((a["final"][k] - a["initial"][k]).abs().max()) for k in a["final"])
+    assert moved > 1e-3
+    for k in a["final"]:
+        torch.testing.assert_close(a["final"][k], b["final"][k], rtol=1e-4, atol=1e-6)
