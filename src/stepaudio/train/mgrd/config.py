@@ -147,7 +147,10 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> MGRDConf
         raise FileNotFoundError(f"config file {path} not found")
     text = path.read_text()
     if path.suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package (the train extra)
+            import tomli as tomllib
 
         values = tomllib.loads(text)
     elif path.suffix in (".yaml", ".yml"):
