@@ -26,6 +26,7 @@ from ..engine.async_engine import AsyncEngine
 from .chat import ChatServing
 from .errors import APIError, bad_request, install_error_handlers, validation_error
 from .metrics import ServerMetrics
+from .openapi import publish_request_bodies
 from .prepare import RequestPreparer
 from .protocol import (
     ChatCompletionRequest,
@@ -72,7 +73,7 @@ class GateMiddleware:
 
     def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics):
         self.app = app
-        self.api_key = settings.api_key
+        self.api_key = settings.api_key.encode() if settings.api_key else None
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,10 +104,11 @@ class GateMiddleware:
             self.metrics.http_responses.labels(path if path in ROUTES else "other", str(status)).inc()
 
     def _authorized(self, scope: Scope) -> bool:
+        """Compared as bytes in constant time (compare_digest refuses str with non-ASCII characters, which
+        any client can send)."""
         headers = dict(scope["headers"])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = given.partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), self.api_key)
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.api_key)
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -194,6 +196,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     admission = Admission(llm.config.max_num_seqs + settings.max_queue)
     app = FastAPI(title="stepaudio", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    publish_request_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/tokenize": TokenizeRequest})
     app.add_middleware(GateMiddleware, settings=settings, metrics=metrics)
 
     def served_name(requested: str | None) -> str:
