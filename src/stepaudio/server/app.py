@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..engine.async_engine import AsyncEngine
 from .chat import ChatServing
+from .drain import Drain, shutting_down
 from .errors import APIError, bad_request, install_error_handlers, validation_error
 from .metrics import ServerMetrics
 from .openapi import publish_request_bodies
@@ -69,10 +70,11 @@ class Admission:
 
 
 class GateMiddleware:
-    """Checks the API key and counts every response by route and status (pure ASGI: streams pass untouched)."""
+    """Refuses requests while draining, checks the API key and counts every response by route and status (pure ASGI: streams pass untouched)."""
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics):
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics, drain: Drain):
         self.app = app
+        self.drain = drain
         self.api_key = settings.api_key.encode() if settings.api_key else None
         self.metrics = metrics
 
@@ -90,7 +92,9 @@ class GateMiddleware:
             await send(message)
 
         try:
-            if self.api_key and path not in OPEN_ROUTES and not self._authorized(scope):
+            if self.drain.draining and path != "/metrics":
+                await shutting_down().response()(scope, receive, record)
+            elif self.api_key and path not in OPEN_ROUTES and not self._authorized(scope):
                 error = APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
                                  code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
                 await error.response()(scope, receive, record)
@@ -194,10 +198,12 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     preparer = RequestPreparer(llm, settings)
     serving = ChatServing(engine, settings)
     admission = Admission(llm.config.max_num_seqs + settings.max_queue)
+    drain = Drain(engine, lambda: admission.active, settings.shutdown_timeout)
     app = FastAPI(title="stepaudio", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     publish_request_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/tokenize": TokenizeRequest})
-    app.add_middleware(GateMiddleware, settings=settings, metrics=metrics)
+    app.add_middleware(GateMiddleware, settings=settings, metrics=metrics, drain=drain)
+    app.state.drain = drain  # the launcher starts it on SIGTERM
 
     def served_name(requested: str | None) -> str:
         if requested is None:
