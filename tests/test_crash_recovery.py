@@ -85,3 +85,14 @@ def test_a_full_disk_while_writing_the_model_cache_leaves_nothing_behind(tiny_fi
     # With room the same write gives a folder that loads.
     roomy = write_assembly(_assembly(), tmp_path / "roomy")
     assert load_model(roomy, dtype="float32").config.text.num_hidden_layers >= 1
+
+
+def test_a_targets_cache_cut_short_by_a_kill_is_read_up_to_the_cut(tmp_path):
+    from stepaudio.train.questions import Question
+    from stepaudio.train.targets import load_or_distil
+
+    path = tmp_path / "targets.jsonl"
+    path.write_text(json.dumps({"question": "Capital of France?", "reasoning": "They ask.", "answer": "Paris."})
+                    + "\n" + '{"question": "Capital of Spa')  # killed in the middle of the second record
+    targets = load_or_distil(path, None, [Question("capital", "Capital of France?", ("paris",))], progress=False)
+    assert targets["Capital of France?"].answer == "Paris."

@@ -248,7 +248,8 @@ def warm_adaptor(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer,
     history = ctc_warmup(model, clips, epochs=cfg.ctc_epochs, seed=cfg.seed, progress=progress)
     (cfg.out / "ctc_loss.json").write_text(json.dumps({"epoch_ctc_loss": history}) + "\n")
     state = {f"adapter.{k}": v.detach().clone() for k, v in model.adapter.state_dict().items()}
-    torch.save(state, path)
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)  # a run killed while saving leaves no half file to load next time
     return state
 
 
