@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+import torch
 
 from bench_serving import free_port, offline_throughput, percentiles, readable_random_checkpoint, start_server
 from load_driver import Outcome, one, request_body
@@ -32,7 +34,14 @@ from load_driver import Outcome, one, request_body
 BACKOFF_SECONDS = 0.1
 
 
-async def level(url: str, clients: int, seconds: float, max_tokens: int, audio_seconds: float) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def level(url: str, server_pid: int, clients: int, seconds: float, max_tokens: int,
+                audio_seconds: float) -> dict:
     kind = "audio_stream" if audio_seconds > 0 else "text_stream"
     outcomes: list[Outcome] = []
     deadline = time.perf_counter() + seconds
@@ -45,16 +54,18 @@ async def level(url: str, clients: int, seconds: float, max_tokens: int, audio_s
             if out.status == 429:
                 await asyncio.sleep(BACKOFF_SECONDS)
 
-    start = time.perf_counter()
+    start, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as c:
         await asyncio.gather(*(client(c) for _ in range(clients)))
     duration = time.perf_counter() - start
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
     done = [o for o in outcomes if o.completed]
     refused = sum(1 for o in outcomes if o.status == 429)
     return {"streams": clients, "tries": len(outcomes), "completed": len(done), "refused_429": refused,
             "refused_share": refused / max(1, len(outcomes)),
             "unclean": sum(1 for o in outcomes if not o.clean or (o.status not in (200, 429))),
             "duration_s": duration, "request_throughput": len(done) / duration,
+            "server_cores": server_cpu / duration, "client_cores": client_cpu / duration,
             "output_throughput": sum(o.output_tokens for o in done) / duration,
             "ttft_ms": percentiles([o.ttft for o in done]), "itl_ms": percentiles([x for o in done for x in o.itl]),
             "e2el_ms": percentiles([o.latency for o in done])}
@@ -62,13 +73,15 @@ async def level(url: str, clients: int, seconds: float, max_tokens: int, audio_s
 
 def table(rows: list[dict], offline_rps: float) -> str:
     lines = ["| streams | tries | done | 429 share | req/s | × offline | tok/s | TTFT p50 / p99 ms | "
-             "ITL p50 / p99 ms | E2E p50 / p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "ITL p50 / p99 ms | E2E p50 / p99 ms | cores: server / client |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t, i, e = r["ttft_ms"], r["itl_ms"], r["e2el_ms"]
         lines.append(f"| {r['streams']} | {r['tries']} | {r['completed']} | {r['refused_share']:.0%} | "
                      f"{r['request_throughput']:.2f} | {r['request_throughput'] / offline_rps:.2f}× | "
-                     f"{r['output_throughput']:.0f} | {t['p50']:.0f} / {t['p99']:.0f} | {i['p50']:.1f} / {i['p99']:.1f} | "
-                     f"{e['p50']:.0f} / {e['p99']:.0f} |")
+                     f"{r['output_throughput']:.0f} | {t['p50']:.0f} / {t['p99']:.0f} | "
+                     f"{i['p50']:.1f} / {i['p99']:.1f} | "
+                     f"{e['p50']:.0f} / {e['p99']:.0f} | {r['server_cores']:.2f} / {r['client_cores']:.2f} |")
     return "\n".join(lines)
 
 
@@ -111,9 +124,14 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None)
     p.add_argument("--kv-cache-memory-gb", type=float, default=0.05)
+    p.add_argument("--threads", type=int, help="torch threads for the server and the reference (default: torch's); "
+                                                "1 on a machine shared with other jobs (2 were 17x slower there)")
     p.add_argument("--out", type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server process
+        torch.set_num_threads(args.threads)  # the offline reference here
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or readable_random_checkpoint(Path(tmp) / "model", 256, 4)
         port = free_port()
@@ -123,7 +141,8 @@ def main() -> None:
         rows = []
         try:
             for clients in args.streams:
-                rows.append(asyncio.run(level(url, clients, args.seconds, args.max_tokens, args.audio_seconds)))
+                rows.append(asyncio.run(level(url, server.pid, clients, args.seconds, args.max_tokens,
+                                              args.audio_seconds)))
                 print(f"{clients} streams: {rows[-1]['request_throughput']:.2f} req/s, "
                       f"{rows[-1]['refused_share']:.0%} refused", file=sys.stderr)
         finally:
@@ -134,7 +153,8 @@ def main() -> None:
                          for i in range(4 * args.max_num_seqs)]
         offline_rps = offline_throughput(model_dir, conversations, args.max_num_seqs, args.max_tokens, args)
     title = (f"{args.model or 'random checkpoint, hidden 256, 4 layers'}; max_num_seqs {args.max_num_seqs}, "
-             f"max_queue {args.max_queue}; {args.max_tokens} output tokens; {args.seconds:g} s per level")
+             f"max_queue {args.max_queue}; {args.max_tokens} output tokens; {args.seconds:g} s per level; "
+             f"torch threads {torch.get_num_threads()}")
     print(title)
     print(table(rows, offline_rps))
     if args.out:

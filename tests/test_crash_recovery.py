@@ -36,6 +36,10 @@ def logged_steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "loss.jsonl").read_text().splitlines()]
 
 
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
+
+
 def test_kill_9_during_train_align_resumes_to_the_same_state(tmp_path):
     out = tmp_path / "killed"
     child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(TESTS), out=str(out), steps=STEPS)])
@@ -57,8 +61,7 @@ def test_kill_9_during_train_align_resumes_to_the_same_state(tmp_path):
         for key in a.keys():
             assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
     assert logged_steps(out) == list(range(1, STEPS + 1))  # each step once (the lost ones were run again)
-    losses = [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
-    assert losses == [json.loads(line)["loss"] for line in (tmp_path / "straight" / "loss.jsonl").read_text().splitlines()]
+    assert losses(out) == losses(tmp_path / "straight")
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from server_fixtures import MODEL, b64, reference, running_server  # noqa: F401
 
-EXAMPLES = int(os.environ.get("STEPAUDIO_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("STEPAUDIO_FUZZ_EXAMPLES", "25"))
 LIMITS = {"max_body_bytes": 2**20, "max_audio_seconds": 30.0, "max_audio_parts": 8}
 ERROR_FIELDS = {"message", "type", "param", "code"}
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,

@@ -70,7 +70,8 @@ class Admission:
 
 
 class GateMiddleware:
-    """Refuses requests while draining, checks the API key and counts every response by route and status (pure ASGI: streams pass untouched)."""
+    """Refuses requests while draining, checks the API key and counts every response by route and status
+    (pure ASGI: streams pass untouched)."""
 
     def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics, drain: Drain):
         self.app = app

@@ -98,6 +98,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._on_ready = on_ready
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task | None = None  # held: the loop keeps only a weak reference to tasks
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -111,7 +112,10 @@ class _Server(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         logger.info("SIGTERM: refusing new requests, letting those in flight finish (at most %g s)", drain.timeout)
-        self._loop.call_soon_threadsafe(self._loop.create_task, self._drain_then_exit(drain, sig, frame))
+        self._loop.call_soon_threadsafe(self._start_drain, drain, sig, frame)
+
+    def _start_drain(self, drain: Drain, sig: int, frame: FrameType | None) -> None:
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_exit(drain, sig, frame))
 
     async def _drain_then_exit(self, drain: Drain, sig: int, frame: FrameType | None) -> None:
         await drain.run()
