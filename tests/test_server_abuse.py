@@ -159,3 +159,13 @@ def test_a_huge_body_on_a_get_route_is_not_read(url, path):
     response = httpx.request("GET", url + path, content=os.urandom(8 * CAP), timeout=30,
                              headers=AUTH)
     assert response.status_code == 200 and time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "webm", "m4a"])  # soundfile and PyAV (webm, m4a)
+def test_every_decoder_stops_at_the_length_cap(encoded_speech, speech_wav, ext):
+    from stepaudio.audio.io import AudioTooLong, load_audio
+
+    path = speech_wav if ext == "wav" else encoded_speech(ext)  # about 6 s of speech
+    with pytest.raises(AudioTooLong, match="s long; at most 2 s allowed"):
+        load_audio(path, max_seconds=2.0)
+    assert len(load_audio(path, max_seconds=60.0)) > 5 * 16000
