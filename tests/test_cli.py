@@ -21,6 +21,8 @@ commands:
   demo        web demo in the browser (Gradio)
   generate    answer one question about an audio file, no server
   make-tiny   write a random tiny checkpoint (for tests)
+  talk        one spoken turn over /v1/realtime: think while speaking
+  quantize    int8/int4 copy of a checkpoint (compressed-tensors)
   train       train the default model's audio alignment; evaluate
   eval        score a model on an audio benchmark; thinking sweeps
 """

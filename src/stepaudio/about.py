@@ -1,12 +1,15 @@
-"""`stepaudio --version`: what a bug report needs, in three lines: versions, devices, the default model's cache."""
+"""`stepaudio --version`: what a bug report needs, in three lines: versions, devices, the default model's cache
+(or the extra it needs)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .default_model.packages import locate_all
 
 
 def version_report() -> str:
@@ -21,10 +24,19 @@ def version_report() -> str:
     else:
         devices = "cpu (no CUDA device" + ("" if torch.version.cuda else "; this torch is a CPU build") + ")"
     model = default_model_dir()
-    state = "assembled" if (model / "config.json").is_file() else "not assembled yet: the first use builds it"
     return "\n".join([f"stepaudio {__version__} (Python {sys.version.split()[0]}, torch {torch.__version__})",
                       f"devices: {devices}",
-                      f"default model: {model} ({state})"])
+                      f"default model: {model} ({_default_model_state(model)})"])
+
+
+def _default_model_state(model: Path) -> str:
+    if (model / "config.json").is_file():
+        return "assembled"
+    try:
+        locate_all()
+    except EnvironmentError as e:  # without the default-model extra, or a damaged weight package
+        return f"not assembled: {e}"
+    return "not assembled yet: the first use builds it"
 
 
 class VersionAction(argparse.Action):

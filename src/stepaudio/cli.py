@@ -11,6 +11,8 @@ from .about import VersionAction
 from .cli_args import (Parser, api_base, non_negative_float, non_negative_int, port_number, positive_float,
                        positive_int, probability, require_device, require_path)
 from .evaluation.cli import add_eval, with_default_subcommand
+from .extras import require_extra
+from .quant.cli import add_quantization_option, add_quantize
 from .serve_cli import add_serve
 
 DTYPES = ["bfloat16", "float16", "float32"]
@@ -40,6 +42,36 @@ def _run_make_tiny(args: argparse.Namespace) -> None:
     print(f"wrote a random tiny Step-Audio checkpoint to {out}")
 
 
+def _add_talk(sub: argparse._SubParsersAction) -> None:
+    from .realtime.pacing import DEFAULT_SCHEDULE, SCHEDULES, Pacing
+
+    defaults = Pacing()
+    p = sub.add_parser("talk", help="one spoken turn over /v1/realtime: think while speaking",
+                       description="Send a spoken question to /v1/realtime, save the spoken answer, print the "
+                                   "timeline. See docs/REALTIME.md.")
+    p.add_argument("--audio", type=Path, required=True, help="the spoken question (wav/flac/ogg/mp3/webm/m4a)")
+    p.add_argument("--out", type=Path, required=True, help="where to write the spoken answer (.wav, 24 kHz)")
+    _add_endpoint_options(p, "this talk")
+    p.add_argument("--schedule", choices=SCHEDULES, default=DEFAULT_SCHEDULE, help="when the two brains run")
+    p.add_argument("--think-segment-tokens", type=positive_int, default=defaults.think_segment_tokens,
+                   help="thinking tokens per thought segment")
+    p.add_argument("--response-segment-tokens", type=positive_int, default=defaults.response_segment_tokens,
+                   help="answer tokens written per segment")
+    p.add_argument("--max-thinking-tokens", type=positive_int, default=defaults.max_thinking_tokens,
+                   help="the thinking stream's budget")
+    p.add_argument("--max-response-tokens", type=positive_int, default=defaults.max_response_tokens,
+                   help="spoken answer tokens at most")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    p.set_defaults(func=_run_talk)
+
+
+def _run_talk(args: argparse.Namespace) -> None:
+    from .realtime.talk import run_talk
+
+    run_talk(args)
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer one question about an audio file, no server",
                        description="Load the model, answer one question about an audio file, print the thinking "
@@ -54,6 +86,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="sampling seed (default: random)")
     p.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_quantization_option(p)
     p.add_argument("--chat-template",
                    help="Jinja file or template string (default: the checkpoint's, else the official R1 template)")
     p.add_argument("--audio-token-formula", default="vllm", choices=["vllm", "hf"],
@@ -75,7 +108,7 @@ def _run_generate(args: argparse.Namespace) -> None:
 
     result = answer_audio_question(model_dir_or_default(args.model), audio=args.audio, prompt=args.prompt,
                                    system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
-                                   seed=args.seed, dtype=args.dtype, device=args.device,
+                                   seed=args.seed, dtype=args.dtype, device=args.device, quantization=args.quantization,
                                    formula=args.audio_token_formula, template=template)
     print("── thinking ──")
     print(result.reasoning.strip("\n"))
@@ -116,6 +149,7 @@ def _add_endpoint_options(p: argparse.ArgumentParser, purpose: str) -> None:
     p.add_argument("--api-key", help="key of the server at --api-base (default: none)")
     p.add_argument("--dtype", choices=DTYPES, help="with --model: weights' dtype (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ...")
+    add_quantization_option(p)
     p.add_argument("--kv-cache-memory-gb", type=positive_float, default=1.0, help="with --model: KV cache size")
 
 
@@ -209,6 +243,7 @@ ALIGN_OPTIONS = ("steps", "ctc_clips", "ctc_epochs", "listening_drill_steps", "g
 
 def _run_train_align(args: argparse.Namespace) -> None:
     require_path(args.init_delta, "--init-delta")
+    require_extra("train", "training")
     from .train.align import AlignConfig, train_align
 
     given = {name: getattr(args, name) for name in ALIGN_OPTIONS if getattr(args, name) is not None}
@@ -228,6 +263,7 @@ def _run_train_evaluate(args: argparse.Namespace) -> None:
     unknown = [f for f in families + (args.multiturn_family,) if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown voice family {unknown[0]!r}; known: {', '.join(FAMILIES)}")
+    require_extra("train", "the default model's evaluation")
     from .default_model import model_dir_or_default
     from .default_model.assemble import ensure_default_model
     from .train.evaluate import evaluate, markdown, write_report
@@ -255,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_generate(sub)
     _add_make_tiny(sub)
+    _add_talk(sub)
+    add_quantize(sub)
     _add_train(sub)
     add_eval(sub)
     return parser

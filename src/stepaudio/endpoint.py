@@ -31,5 +31,5 @@ def model_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, bool | None]
     from .server.launcher import private_server  # torch and the engine only when a model runs here
 
     with private_server(model_dir_or_default(args.model), dtype=args.dtype, device=args.device,
-                        kv_cache_memory_gb=args.kv_cache_memory_gb) as api_base:
+                        kv_cache_memory_gb=args.kv_cache_memory_gb, quantization=args.quantization) as api_base:
         yield api_base, True

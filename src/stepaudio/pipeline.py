@@ -40,12 +40,13 @@ def audio_question_messages(prompt: str, num_chunks: int, system: str | None = N
 def answer_audio_question(model_dir: str | Path, *, audio: str | Path | None, prompt: str = "",
                           system: str | None = None, max_tokens: int = 512, temperature: float = 0.0,
                           seed: int | None = None, dtype: str | None = None, device: str = "cpu",
-                          formula: str = "vllm", template: str | None = None) -> GenerationResult:
+                          formula: str = "vllm", template: str | None = None,
+                          quantization: str | None = None) -> GenerationResult:
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
     chunks = split_chunks(load_audio(audio)) if audio is not None else []
     tokenizer = StepTokenizer.from_dir(model_dir)
-    model = load_model(model_dir, dtype=dtype, device=device, progress=True)
+    model = load_model(model_dir, dtype=dtype, device=device, progress=True, quantization=quantization)
     prepared = prepare_chat(tokenizer, audio_question_messages(prompt, len(chunks), system), chunks,
                             n_mels=model.config.audio.n_mels, formula=formula, template=template)
     embeds = model.encode_audio(prepared.mels, formula=formula)

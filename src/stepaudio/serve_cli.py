@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .cli_args import non_negative_float, port_number, positive_float, positive_int, require_device, require_path
+from .quant.cli import add_quantization_option
 
 CHAT_PROMPT = "Say hello."
 
@@ -38,6 +39,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="auto: the checkpoint's torch_dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_quantization_option(p)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /tokenize (default: open)")
     p.add_argument("--chat-template", help="Jinja file or template string (default: the checkpoint's, else the "
                                            "official R1 template)")
@@ -120,7 +122,8 @@ def run_serve(args: argparse.Namespace) -> None:
                               kv_cache_memory_gb=args.kv_cache_memory_gb,
                               audio_token_formula=args.audio_token_formula, compile_decode=args.compile_decode)
         engine = load_engine(model_dir, dtype=None if args.dtype == "auto" else args.dtype, device=args.device,
-                             config=config, max_model_len_given=args.max_model_len is not None)
+                             config=config, max_model_len_given=args.max_model_len is not None,
+                             quantization=args.quantization)
         ready = ready_message(url_of(sock) + "/v1", names[0], args.api_key is not None)
         serve(build_app(engine, settings), sock, log_level=args.uvicorn_log_level,
               on_ready=lambda: print(ready, flush=True))

@@ -31,7 +31,7 @@ from ..model.saver import save_checkpoint
 from ..text.tokenizer import AUDIO_END, AUDIO_START, BOT, EOT
 from .ct2 import read_ct2, whisper_encoder_config, whisper_encoder_state_dict
 from .gguf_reader import read_gguf
-from .packages import QWEN25_GGUF_PARTS, WHISPER_BASE_PARTS, PackageError, verified_paths
+from .packages import DEFAULT_MODEL_FILES, WHISPER_BASE_PARTS, PackageError, locate_all, verified_paths
 from .qwen2_gguf import qwen2_state_dict, qwen2_text_config
 from .tokenizer_build import build_tokenizer
 
@@ -57,9 +57,8 @@ class Assembly:
 
 
 def _checked_package_paths(progress: bool) -> tuple[list[Path], list[Path]]:
-    files = WHISPER_BASE_PARTS + QWEN25_GGUF_PARTS
-    for f in files:
-        f.locate()  # a missing package is reported before any hashing
+    files = DEFAULT_MODEL_FILES
+    locate_all(files)  # a missing package is reported before any hashing
     with tqdm(total=sum(f.size for f in files), unit="B", unit_scale=True, desc="checking weight packages",
               disable=not progress, file=sys.stderr) as bar:
         paths = verified_paths(files, bar.update)
@@ -210,9 +209,10 @@ def ensure_default_model(progress: bool = True, delta: Path | None = DELTA_PATH)
     out = default_model_dir(delta)
     if (out / "config.json").is_file():
         return out
+    locate_all()  # without the default-model extra: one line saying so, before anything else
     if progress:
         print(f"stepaudio: assembling the default model into {out} (once)", file=sys.stderr)
     assembly = assemble(delta, progress)
     provenance = {"assembly_version": ASSEMBLY_VERSION, "delta_sha256": _delta_digest(delta),
-                  "packages": [f.distribution for f in WHISPER_BASE_PARTS + QWEN25_GGUF_PARTS]}
+                  "packages": [f.distribution for f in DEFAULT_MODEL_FILES]}
     return write_assembly(assembly, out, provenance=provenance)

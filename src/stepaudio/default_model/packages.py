@@ -1,7 +1,7 @@
 """The pretrained parts of the default model: which pip packages hold them, where, and their checksums.
 
-The packages are pinned dependencies (pyproject.toml). Each data file's sha256 is checked before it is
-read, so a changed or truncated package fails assembly with a clear message instead of a broken model.
+The packages are the pinned `default-model` extra (pyproject.toml). Each data file's sha256 is checked before
+it is read, so a changed or truncated package fails assembly with a clear message instead of a broken model.
 Figures: docs/DEFAULT_MODEL_ASSEMBLY.md §1.
 """
 
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..extras import MissingExtra
+
 
 class PackageError(EnvironmentError):
-    """A weight package is missing or its files are not the pinned ones (an environment problem)."""
+    """A weight package's files are missing or not the pinned ones (an environment problem)."""
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,7 @@ class PackagedFile:
     def locate(self) -> Path:
         spec = importlib.util.find_spec(self.module)
         if spec is None or not spec.submodule_search_locations:
-            raise PackageError(f"the default model needs the package {self.distribution}, which is not installed; "
-                               f"run `bash scripts/setup.sh` or `pip install {self.distribution}`")
+            raise MissingExtra("the default model", "default-model", self.distribution)
         path = Path(list(spec.submodule_search_locations)[0]) / self.relpath
         if not path.is_file():
             raise PackageError(f"{self.distribution} is installed but {path} is missing; reinstall it with "
@@ -59,6 +60,14 @@ QWEN25_GGUF_PARTS = tuple(
 )
 
 
+DEFAULT_MODEL_FILES = WHISPER_BASE_PARTS + QWEN25_GGUF_PARTS
+
+
+def locate_all(files: tuple[PackagedFile, ...] = DEFAULT_MODEL_FILES) -> list[Path]:
+    """Every file's path; a missing package is reported (MissingExtra) before anything is read or hashed."""
+    return [f.locate() for f in files]
+
+
 def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -71,7 +80,7 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
 
 def verified_paths(files: tuple[PackagedFile, ...], on_bytes: Callable[[int], None] | None = None) -> list[Path]:
     """Locate every file and check its size and sha256; raise PackageError naming the first bad one."""
-    paths = [f.locate() for f in files]
+    paths = locate_all(files)
     for f, path in zip(files, paths):
         size = path.stat().st_size
         if size != f.size:

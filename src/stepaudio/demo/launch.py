@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..client import list_models
 from ..endpoint import check_endpoint, model_endpoint
+from ..extras import require_extra
 from ..server.sockets import listening_socket
 
 
@@ -17,13 +18,12 @@ def run_demo(args: argparse.Namespace) -> None:
     """Serve the demo until Ctrl-C; errors (no model, busy port, server unreachable, gradio missing) are one
     line, and all but an unreachable server are found before a model loads."""
     check_endpoint(args)
+    require_extra("demo", "the demo")
     listening_socket(args.host, args.port).close()  # gradio takes the port itself, after the model is loaded
-    try:
-        from .app import build_demo
-        from .backend import Backend
-        from .session import DEFAULT_AUDIO_BUDGET_SECONDS
-    except ImportError as e:
-        raise ValueError(f"the web demo needs gradio ({e}); install it with: bash scripts/setup.sh") from None
+    from .app import build_demo
+    from .backend import Backend
+    from .session import DEFAULT_AUDIO_BUDGET_SECONDS
+
     with ExitStack() as stack:
         api_base, splits = stack.enter_context(model_endpoint(args))
         backend = Backend(api_base, list_models(api_base, args.api_key)[0], args.api_key, splits)

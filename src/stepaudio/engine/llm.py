@@ -44,9 +44,9 @@ class ChatResult:
 
 class LLM:
     def __init__(self, model_dir: str | Path, *, dtype: str | torch.dtype | None = None, device: str = "cpu",
-                 **engine_options: Any):
+                 quantization: str | None = None, **engine_options: Any):
         self.tokenizer = StepTokenizer.from_dir(model_dir)
-        self.model = load_model(model_dir, dtype=dtype, device=device)
+        self.model = load_model(model_dir, dtype=dtype, device=device, quantization=quantization)
         self.engine = LLMEngine(self.model, self.tokenizer, EngineConfig(**engine_options))
         self._ids = itertools.count()
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..cli_args import (api_base, non_negative_float, non_negative_int, positive_float, positive_int, probability,
                         require_device, require_path)
+from ..extras import require_extra
+from ..quant.cli import add_quantization_option
 
 SUBCOMMANDS = ("run", "make-synthetic")
 PLOT_NAME = "accuracy_vs_reasoning_tokens.png"
@@ -35,6 +37,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="in-process dtype (default: the checkpoint's)")
     r.add_argument("--device", default="cpu", help="in-process device")
+    add_quantization_option(r)
     r.add_argument("--out", type=Path, help="results folder (default: eval_<manifest name>)")
     r.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight (in-process: batch size)")
     r.add_argument("--retries", type=non_negative_int, default=5,
@@ -91,6 +94,8 @@ def run_eval_command(args: argparse.Namespace) -> None:
     if not args.server:
         require_device(args.device)
     budgets = parse_budgets(args.thinking_budgets)
+    if len(budgets) > 1:
+        require_extra("plot", "a thinking-budget sweep's plot")
     items = read_manifest(args.manifest, args.layout, args.category_field)[:args.limit]
     judge = _judge(args)
     out = args.out or Path(f"eval_{args.manifest.stem}")
@@ -100,7 +105,8 @@ def run_eval_command(args: argparse.Namespace) -> None:
     else:
         from ..default_model import model_dir_or_default
 
-        backend = InProcessBackend.from_dir(model_dir_or_default(args.model), args.dtype, args.device)
+        backend = InProcessBackend.from_dir(model_dir_or_default(args.model), args.dtype, args.device,
+                                            args.quantization)
     sampling = Sampling(args.max_tokens, args.temperature, args.top_p, args.repetition_penalty, args.seed)
     wanted = {(item.id, b) for item in items for b in ("inf" if x is None else x for x in budgets)}
     records = [r for r in run_eval(items, backend, store, budgets, sampling, args.concurrency, judge,

@@ -134,10 +134,11 @@ class InProcessBackend:
         self.llm = llm
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, dtype: str | None = None, device: str = "cpu") -> "InProcessBackend":
+    def from_dir(cls, model_dir: str | Path, dtype: str | None = None, device: str = "cpu",
+                 quantization: str | None = None) -> "InProcessBackend":
         from ..engine.llm import LLM
 
-        return cls(LLM(model_dir, dtype=dtype, device=device))
+        return cls(LLM(model_dir, dtype=dtype, device=device, quantization=quantization))
 
     def complete_batch(self, items: Sequence[EvalItem], sampling: Sampling, budget: Budget) -> list[Reply]:
         from ..engine.sampling import SamplingParams

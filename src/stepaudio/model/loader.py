@@ -16,6 +16,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from ..config import StepAudioConfig, load_config
+from ..extras import require_extra
 from .step_audio import StepAudioForCausalLM
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -90,10 +91,28 @@ def _assign(model: StepAudioForCausalLM, name: str, tensor: torch.Tensor) -> Non
     setattr(module, attr, torch.nn.Parameter(tensor, requires_grad=False))
 
 
+def is_quantized_checkpoint(model_dir: str | Path) -> bool:
+    """Whether config.json carries a quantization_config (a compressed-tensors checkpoint)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return False
+    raw = json.loads(path.read_text())
+    return bool(raw.get("quantization_config") or raw.get("compression_config"))
+
+
 def load_model(model_dir: str | Path, dtype: str | torch.dtype | None = None,
-               device: str | torch.device = "cpu", progress: bool = False) -> StepAudioForCausalLM:
-    """Load config.json and the safetensors weights; names must match spec §2.2 exactly."""
+               device: str | torch.device = "cpu", progress: bool = False,
+               quantization: str | None = None) -> StepAudioForCausalLM:
+    """Load config.json and the safetensors weights; names must match spec §2.2 exactly.
+
+    Quantized checkpoints, and `quantization` ("w8a16" / "w4a16": quantize the decoder's Linears while
+    loading), go through stepaudio.quant (the `quant` extra)."""
     model_dir = Path(model_dir)
+    if quantization is not None or is_quantized_checkpoint(model_dir):
+        require_extra("quant", "quantized weights")
+        from ..quant.load import load_quantized_model
+
+        return load_quantized_model(model_dir, dtype, device, progress, quantization)
     config = load_config(model_dir)
     torch_dtype = resolve_dtype(dtype, config)
     files = checkpoint_files(model_dir)

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..engine.async_engine import AsyncEngine
+from ..realtime.routes import mount_realtime
 from .chat import ChatServing
 from .drain import Drain, shutting_down
 from .errors import APIError, bad_request, install_error_handlers, validation_error
@@ -203,6 +204,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="stepaudio", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     publish_request_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/tokenize": TokenizeRequest})
+    mount_realtime(app, engine, settings, metrics.registry)
     app.add_middleware(GateMiddleware, settings=settings, metrics=metrics, drain=drain)
     app.state.drain = drain  # the launcher starts it on SIGTERM
 

@@ -51,10 +51,10 @@ def log_upstream_flags(given: dict[str, object]) -> None:
 
 
 def load_engine(model_dir: str | Path, *, dtype: str | None, device: str, config: EngineConfig,
-                max_model_len_given: bool) -> LLMEngine:
+                max_model_len_given: bool, quantization: str | None = None) -> LLMEngine:
     """The engine, with max_model_len lowered to the KV capacity unless the user asked for more (an error)."""
     tokenizer = StepTokenizer.from_dir(model_dir)
-    model = load_model(model_dir, dtype=dtype, device=device, progress=True)
+    model = load_model(model_dir, dtype=dtype, device=device, progress=True, quantization=quantization)
     params = sum(p.numel() for p in model.parameters())  # before the engine packs the LLM's weights
     engine = LLMEngine(model, tokenizer, _no_bigger_than_needed(config, model))
     if engine.max_model_len > engine.kv_capacity_tokens:
@@ -160,12 +160,13 @@ class ServerThread:
 
 @contextmanager
 def private_server(model_dir: str | Path, *, dtype: str | None, device: str,
-                   kv_cache_memory_gb: float) -> Iterator[str]:
+                   kv_cache_memory_gb: float, quantization: str | None = None) -> Iterator[str]:
     """A server of one's own for `chat --model` and `demo --model`: the checkpoint behind a free loopback
     port with the thinking sent apart (reasoning parser on), for as long as the block lasts; yields the
     OpenAI API base URL."""
     engine = load_engine(model_dir, dtype=dtype, device=device,
-                         config=EngineConfig(kv_cache_memory_gb=kv_cache_memory_gb), max_model_len_given=False)
+                         config=EngineConfig(kv_cache_memory_gb=kv_cache_memory_gb), max_model_len_given=False,
+                         quantization=quantization)
     settings = ServerSettings(served_model_names=[str(model_dir)], model_root=str(model_dir),
                               reasoning_parser="step_audio")
     with ServerThread(build_app(engine, settings)) as server:

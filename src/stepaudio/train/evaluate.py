@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..audio.io import load_audio
 from ..engine.llm import LLM
 from ..engine.sampling import SamplingParams
+from ..extras import MissingExtra
 from .conversations import Conversation, conversation_messages, random_conversation
 from .examples import sound_turn
 from .questions import (CAPITALS, HELDOUT_REPEAT_SENTENCES, Question, answer_is_correct, arithmetic_question,
@@ -65,7 +66,7 @@ def audioeval_clips() -> list[tuple[Path, str]]:
 
     spec = importlib.util.find_spec("pytest_audioeval")
     if spec is None or not spec.submodule_search_locations:
-        raise EnvironmentError("the WER check needs pytest-audioeval (bash scripts/setup.sh --dev installs it)")
+        raise MissingExtra("the WER check", "train", "pytest-audioeval")
     folder = Path(list(spec.submodule_search_locations)[0]) / "samples" / "audio" / "en"
     return [(wav, wav.with_suffix(".txt").read_text().strip()) for wav in sorted(folder.glob("*.wav"))]
 

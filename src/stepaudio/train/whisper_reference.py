@@ -16,7 +16,8 @@ import numpy as np
 
 from ..audio.features import log_mel_spectrogram
 from ..default_model.assemble import cache_root, write_folder_atomically
-from ..default_model.packages import WHISPER_BASE_PARTS, PackageError, verified_paths
+from ..default_model.packages import WHISPER_BASE_PARTS, verified_paths
+from ..extras import MissingExtra
 
 _FRAMES = 3000  # Whisper decodes 30 s windows of 100 Hz mel frames
 _PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
@@ -49,8 +50,7 @@ class WhisperTranscriber:
             import ctranslate2
             import tokenizers
         except ImportError as exc:
-            raise PackageError("the Whisper reference needs ctranslate2 (bash scripts/setup.sh --dev installs it)") \
-                from exc
+            raise MissingExtra("the Whisper reference", "train", "ctranslate2") from exc
         folder = whisper_model_dir()
         self._ct2 = ctranslate2
         self._model = ctranslate2.models.Whisper(str(folder), device="cpu", intra_threads=threads)
