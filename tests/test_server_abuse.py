@@ -169,3 +169,26 @@ def test_every_decoder_stops_at_the_length_cap(encoded_speech, speech_wav, ext):
     with pytest.raises(AudioTooLong, match="s long; at most 2 s allowed"):
         load_audio(path, max_seconds=2.0)
     assert len(load_audio(path, max_seconds=60.0)) > 5 * 16000
+
+
+def test_the_realtime_socket_takes_the_non_ascii_key_and_refuses_wrong_ones(url):
+    import asyncio
+
+    import websockets
+
+    async def connect(key: str) -> int:
+        """0 when the session opened (a first event came), else the close code or the refusing HTTP status."""
+        address = url.replace("http://", "ws://") + "/v1/realtime"
+        try:  # websockets sends header text as UTF-8, as GateMiddleware compares it
+            async with websockets.connect(address, additional_headers={"Authorization": "Bearer " + key},
+                                          open_timeout=10) as ws:
+                await ws.recv()
+        except websockets.ConnectionClosed as e:
+            return e.rcvd.code if e.rcvd else -1
+        except websockets.InvalidStatus as e:
+            return e.response.status_code
+        return 0
+
+    # Both were a failed handshake before (compare_digest raised on the non-ASCII str).
+    assert asyncio.run(connect(KEY)) == 0
+    assert asyncio.run(connect("ÿÿÿÿ")) in (1008, 403)
