@@ -156,10 +156,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
+def start_server(model_dir: Path, port: int, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "stepaudio", "serve", str(model_dir), "--port", str(port), "--served-model-name",
            MODEL, "--max-num-seqs", str(max(args.concurrency)), "--kv-cache-memory-gb", str(args.kv_cache_memory_gb),
-           "--device", args.device, "--uvicorn-log-level", "warning"]
+           "--device", args.device, "--uvicorn-log-level", "warning", *extra]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -89,6 +89,14 @@ def serve_cli(args: list[str], log: Path, timeout: float = 60) -> Iterator[str]:
 def serve_command(argv: list[str], port: int, log: Path, timeout: float = 60, cwd: Path | None = None) -> Iterator[str]:
     """Run a command line that serves on `port`; yield its base URL once /health answers and stop it with Ctrl-C
     (SIGINT) afterwards. Its output (stdout and stderr) goes to `log`."""
+    with serving_process(argv, port, log, timeout, cwd):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def serving_process(argv: list[str], port: int, log: Path, timeout: float = 60,
+                    cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """`serve_command`, yielding the process (for tests that signal it themselves)."""
     with open(log, "w") as out:
         server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
@@ -102,7 +110,7 @@ def serve_command(argv: list[str], port: int, log: Path, timeout: float = 60, cw
                 pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(30)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .audio.features import log_mel_spectrogram, num_audio_tokens
-from .audio.io import AudioError, load_audio, split_chunks
+from .audio.io import SAMPLE_RATE, AudioError, AudioTooLong, load_audio, split_chunks
 from .text.chat_template import AUDIO_PART_TYPES, count_audio_parts, render_chat
 from .text.tokenizer import StepTokenizer
 
@@ -48,22 +48,23 @@ def prepare_chat(tokenizer: StepTokenizer, messages: Sequence[dict[str, Any]], a
     return PreparedPrompt(prompt=prompt, token_ids=ids, mels=mels, audio_tokens=counts)
 
 
-def decode_audio_part(part: dict[str, Any]) -> np.ndarray:
-    """The 16 kHz waveform of one audio content part (offline use: local files are allowed)."""
+def decode_audio_part(part: dict[str, Any], max_seconds: float | None = None) -> np.ndarray:
+    """The 16 kHz waveform of one audio content part (offline use: local files are allowed); AudioTooLong
+    past `max_seconds` of encoded audio."""
     kind = part.get("type")
     if kind == "input_audio":
-        return load_audio(decode_base64((part.get("input_audio") or {}).get("data", "")))
+        return load_audio(decode_base64((part.get("input_audio") or {}).get("data", "")), max_seconds=max_seconds)
     if kind == "audio_url":
         url = (part.get("audio_url") or {}).get("url", "")
         if url.startswith("data:"):
-            return load_audio(decode_data_url(url))
+            return load_audio(decode_data_url(url), max_seconds=max_seconds)
         if url.startswith("file://"):
-            return load_audio(unquote(urlparse(url).path))
+            return load_audio(unquote(urlparse(url).path), max_seconds=max_seconds)
         raise AudioError(f"audio_url must be a data: or file:// URL offline, got {url[:40]!r}")
     audio = part.get("audio")
     if isinstance(audio, np.ndarray):
         return audio.astype(np.float32, copy=False)
-    return load_audio(audio)
+    return load_audio(audio, max_seconds=max_seconds)
 
 
 def decode_base64(data: str) -> bytes:
@@ -83,11 +84,13 @@ def decode_data_url(url: str) -> bytes:
     return unquote_to_bytes(payload)
 
 
-def resolve_audio_parts(messages: Sequence[dict[str, Any]], max_chunk_seconds: float = 25.0
-                        ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+def resolve_audio_parts(messages: Sequence[dict[str, Any]], max_chunk_seconds: float = 25.0,
+                        max_audio_seconds: float | None = None) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """Decode every audio part and cut it into <= 25 s chunks, one audio part per chunk, as the official
-    client sends long audio. Returns the rewritten messages and the chunks in prompt order."""
+    client sends long audio. Returns the rewritten messages and the chunks in prompt order. With
+    `max_audio_seconds` (all parts together), AudioTooLong (its seconds: the request's) before decoding more."""
     chunks: list[np.ndarray] = []
+    used = 0.0
     out = []
     for message in messages:
         content = message.get("content")
@@ -97,7 +100,13 @@ def resolve_audio_parts(messages: Sequence[dict[str, Any]], max_chunk_seconds: f
         parts = []
         for part in content:
             if isinstance(part, dict) and part.get("type") in AUDIO_PART_TYPES:
-                pieces = split_chunks(decode_audio_part(part), max_seconds=max_chunk_seconds)
+                left = None if max_audio_seconds is None else max_audio_seconds - used
+                try:
+                    wav = decode_audio_part(part, left)
+                except AudioTooLong as e:
+                    raise AudioTooLong(used + e.seconds, max_audio_seconds, e.exact) from None
+                used += len(wav) / SAMPLE_RATE
+                pieces = split_chunks(wav, max_seconds=max_chunk_seconds)
                 chunks += pieces
                 parts += [{"type": "audio"}] * len(pieces)
             else:

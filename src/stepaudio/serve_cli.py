@@ -57,6 +57,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="seconds for one http(s) audio fetch")
     p.add_argument("--max-request-body-mb", type=positive_float, default=64.0,
                    help="larger bodies (and fetched audio files) are refused with 413")
+    p.add_argument("--shutdown-timeout", type=non_negative_float, default=30.0,
+                   help="on SIGTERM: seconds in-flight requests get to finish while new ones get 503")
     p.add_argument("--audio-token-formula", default="vllm", choices=["vllm", "hf"],
                    help="vllm (as the served R1 numbers) or hf (L-2, the transformers path)")
     p.add_argument("--uvicorn-log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -114,7 +116,7 @@ def run_serve(args: argparse.Namespace) -> None:
             max_audio_parts=max_audio_parts, allowed_local_media_path=args.allowed_local_media_path,
             allowed_media_domains=args.allowed_media_domains, media_fetch_timeout=args.media_fetch_timeout,
             max_body_bytes=int(args.max_request_body_mb * MiB), max_queue=args.max_queue,
-            log_requests=args.enable_log_requests)
+            log_requests=args.enable_log_requests, shutdown_timeout=args.shutdown_timeout)
         config = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                               max_num_batched_tokens=args.max_num_batched_tokens,
                               kv_cache_memory_gb=args.kv_cache_memory_gb,

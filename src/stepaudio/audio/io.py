@@ -28,11 +28,22 @@ class AudioError(ValueError):
     """The audio cannot be used: empty, undecodable, non-finite or at an absurd sample rate."""
 
 
-def load_audio(source: AudioSource, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode `source` (encoded bytes or a file path) to a mono float32 waveform at `target_sr`."""
+class AudioTooLong(AudioError):
+    """Longer than the caller allows, found while decoding: a few kilobytes of FLAC can hold hours of silence,
+    so the length is checked before all of it is decoded and resampled."""
+
+    def __init__(self, seconds: float, limit: float, exact: bool):
+        super().__init__(f"audio is {'' if exact else 'more than '}{seconds:.1f} s long; at most {limit:g} s allowed")
+        self.seconds = seconds
+        self.exact = exact
+
+
+def load_audio(source: AudioSource, target_sr: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """Decode `source` (encoded bytes or a file path) to a mono float32 waveform at `target_sr`; with
+    `max_seconds`, AudioTooLong as soon as the decoder has more than that."""
     _check_sample_rate(target_sr)
     data = _read_bytes(source)
-    wav, sr = _decode(data)
+    wav, sr = _decode(data, max_seconds)
     validate_waveform(wav, sr)
     return resample(to_mono(wav), sr, target_sr)
 
@@ -109,32 +120,47 @@ def _read_file(path: Path) -> bytes:
         raise AudioError(f"could not read audio file {path}: {exc.strerror or exc}") from None
 
 
-def _decode(data: bytes) -> tuple[np.ndarray, int]:
+def _decode(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode with soundfile (wav/flac/ogg/mp3), falling back to PyAV for containers it lacks."""
     try:
-        return _decode_soundfile(data)
+        return _decode_soundfile(data, max_seconds)
     except sf.LibsndfileError:
         pass
     try:
-        return _decode_pyav(data)
+        return _decode_pyav(data, max_seconds)
     except av.FFmpegError:
         raise AudioError("could not decode audio: not a known format (tried soundfile and PyAV)") from None
 
 
-def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int]:
-    """Return float32 [frames, channels] and the sample rate."""
-    wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+def _frame_limit(max_seconds: float | None, sr: int) -> int | None:
+    return None if max_seconds is None or sr <= 0 else int(max_seconds * sr)
+
+
+def _decode_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Return float32 [frames, channels] and the sample rate, reading at most one frame past the limit."""
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        sr, declared = f.samplerate, f.frames
+        limit = _frame_limit(max_seconds, sr)
+        wav = f.read(frames=-1 if limit is None else limit + 1, dtype="float32", always_2d=True)
+    if limit is not None and len(wav) > limit:
+        exact = len(wav) <= declared < 2**62  # the header's count, when it is a real one
+        raise AudioTooLong((declared if exact else len(wav)) / sr, max_seconds, exact)
     return wav, sr
 
 
-def _decode_pyav(data: bytes) -> tuple[np.ndarray, int]:
+def _decode_pyav(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """Decode the first audio stream to float32 [frames, channels] in its first frame's layout and rate."""
     with av.open(io.BytesIO(data)) as container:
         if not container.streams.audio:
             raise AudioError("could not decode audio: the container has no audio stream")
         to_float = av.AudioResampler(format="fltp")  # layout and rate follow the first frame
-        decoded = container.decode(container.streams.audio[0])
-        frames = [out for frame in decoded for out in to_float.resample(frame)]
+        frames, count = [], 0
+        for frame in container.decode(container.streams.audio[0]):
+            frames += to_float.resample(frame)
+            count += frame.samples
+            limit = _frame_limit(max_seconds, frames[0].sample_rate if frames else 0)
+            if limit is not None and count > limit:
+                raise AudioTooLong(count / frames[0].sample_rate, max_seconds, exact=False)
         frames += to_float.resample(None)
     if not frames:  # no samples: validate_waveform reports it, whatever the rate
         return np.zeros((0, 1), dtype=np.float32), SAMPLE_RATE

@@ -8,6 +8,7 @@ tokenizer with the Step tokens at their official ids, and this project's trained
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -143,6 +144,11 @@ def assemble(delta: Path | None = DELTA_PATH, progress: bool = True) -> Assembly
     return assembly
 
 
+def _disk_full(error: BaseException) -> bool:
+    """ENOSPC from Python, or from safetensors' Rust writer (a SafetensorError saying "os error 28")."""
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or f"(os error {errno.ENOSPC})" in str(error)
+
+
 def write_folder_atomically(out_dir: Path, fill: Callable[[Path], None]) -> Path:
     """`fill` a temporary sibling folder, then rename it to `out_dir`: a partial folder is never left there,
     and when another process finished first, its folder is kept."""
@@ -154,8 +160,11 @@ def write_folder_atomically(out_dir: Path, fill: Callable[[Path], None]) -> Path
             shutil.rmtree(tmp)
         else:
             tmp.rename(out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e):
+            raise OSError(errno.ENOSPC, f"no space left in {out_dir.parent} to write {out_dir.name} (nothing was "
+                                        "kept); free some space or set STEPAUDIO_CACHE_DIR to another disk") from e
         raise
     return out_dir
 

@@ -61,6 +61,9 @@ class AsyncEngine:
             if kind == "abort":
                 self.engine.abort(*args)
                 continue
+            if kind == "fail":
+                self._fail_all(*args)
+                continue
             request_id = args[0]
             try:
                 self.engine.add_request(*args)
@@ -85,7 +88,12 @@ class AsyncEngine:
             for out in outputs:
                 queue = self._queues.get(out.request_id)
                 if queue is not None:
-                    queue.put_nowait(out)
+                    queue.put_nowait(out if out.error is None else out.error)
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail every request in flight with `error` (a shutdown), applied between steps like an abort."""
+        self._commands.append(("fail", (error,)))
+        self._wake.set()
 
     def _fail_all(self, error: Exception) -> None:
         """Abort every request the engine holds (freeing their KV blocks) and raise `error` in their streams."""

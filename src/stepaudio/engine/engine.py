@@ -130,7 +130,10 @@ class LLMEngine:
         if work is None:
             return []
         if isinstance(work, PrefillStep):
-            logits = self.runner.prefill(work)
+            try:
+                logits = self.runner.prefill(work)
+            except Exception as e:  # one sequence's prefill: only its request fails
+                return [self._failed(work.seq.request_id, e)]
             work.seq.num_computed = work.end
             if not work.completes:
                 return []
@@ -150,10 +153,27 @@ class LLMEngine:
 
     def _process(self, seqs: list[Sequence], sampled: SamplerOutput) -> list[RequestOutput]:
         touched: dict[str, list[CompletionDelta]] = {}
+        failed: list[RequestOutput] = []
         for seq, token, logprobs in zip(seqs, sampled.token_ids, sampled.logprobs):
-            delta = self._advance(seq, token, logprobs)
+            if seq.request_id not in self.requests:  # failed on an earlier sequence of this batch
+                continue
+            try:
+                delta = self._advance(seq, token, logprobs)
+            except Exception as e:  # detokenizing, stop strings: a fault of this request, not of the batch
+                touched.pop(seq.request_id, None)
+                failed.append(self._failed(seq.request_id, e))
+                continue
             touched.setdefault(seq.request_id, []).append(delta)
-        return [self._request_output(rid, deltas) for rid, deltas in touched.items()]
+        return [self._request_output(rid, deltas) for rid, deltas in touched.items()] + failed
+
+    def _failed(self, request_id: str, error: Exception) -> RequestOutput:
+        """Drop a request that failed alone (freeing its blocks) and say so in its output."""
+        request = self.requests[request_id]
+        self.abort(request_id)
+        first = request.seqs[0]
+        return RequestOutput(request_id=request_id, deltas=[], prompt_tokens=len(first.prompt_ids),
+                             audio_tokens=request.audio_tokens, cached_tokens=first.num_cached_prompt_tokens,
+                             finished=True, error=error)
 
     def _advance(self, seq: Sequence, token: int, logprobs) -> CompletionDelta:
         """Append a sampled token, apply the thinking budget and stop rules, and detokenize."""

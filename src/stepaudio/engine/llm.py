@@ -85,6 +85,8 @@ class LLM:
         with torch.inference_mode():
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
+                    if out.error is not None:
+                        raise out.error
                     result = results[out.request_id]
                     result.prompt_tokens, result.audio_tokens = out.prompt_tokens, out.audio_tokens
                     result.cached_tokens = out.cached_tokens

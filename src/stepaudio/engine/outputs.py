@@ -31,3 +31,4 @@ class RequestOutput:
     audio_tokens: int           # of those, <audio_patch> rows
     cached_tokens: int          # of those, served from the prefix cache (0 until prefill has run)
     finished: bool              # every sequence of the request has finished
+    error: Exception | None = None  # the request failed alone (its prefill or its outputs); it is gone

@@ -51,7 +51,9 @@ def mount_realtime(app: FastAPI, engine: AsyncEngine, settings: ServerSettings, 
     async def realtime(websocket: WebSocket) -> None:
         offered = websocket.scope.get("subprotocols", [])
         protocol = "realtime" if "realtime" in offered else None
-        if settings.api_key and not secrets.compare_digest(_offered_key(websocket) or "", settings.api_key):
+        # As bytes (the header's own, latin-1 round trip): compare_digest refuses str with non-ASCII characters.
+        offered_key = (_offered_key(websocket) or "").encode("latin-1", "replace")
+        if settings.api_key and not secrets.compare_digest(offered_key, settings.api_key.encode()):
             await websocket.close(code=1008, reason="invalid or missing API key")
             return
         await websocket.accept(subprotocol=protocol)

@@ -25,8 +25,10 @@ from .. import __version__
 from ..engine.async_engine import AsyncEngine
 from ..realtime.routes import mount_realtime
 from .chat import ChatServing
+from .drain import Drain, shutting_down
 from .errors import APIError, bad_request, install_error_handlers, validation_error
 from .metrics import ServerMetrics
+from .openapi import publish_request_bodies
 from .prepare import RequestPreparer
 from .protocol import (
     ChatCompletionRequest,
@@ -69,11 +71,13 @@ class Admission:
 
 
 class GateMiddleware:
-    """Checks the API key and counts every response by route and status (pure ASGI: streams pass untouched)."""
+    """Refuses requests while draining, checks the API key and counts every response by route and status
+    (pure ASGI: streams pass untouched)."""
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics):
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics, drain: Drain):
         self.app = app
-        self.api_key = settings.api_key
+        self.drain = drain
+        self.api_key = settings.api_key.encode() if settings.api_key else None
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,7 +94,9 @@ class GateMiddleware:
             await send(message)
 
         try:
-            if self.api_key and path not in OPEN_ROUTES and not self._authorized(scope):
+            if self.drain.draining and path != "/metrics":
+                await shutting_down().response()(scope, receive, record)
+            elif self.api_key and path not in OPEN_ROUTES and not self._authorized(scope):
                 error = APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
                                  code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
                 await error.response()(scope, receive, record)
@@ -104,10 +110,11 @@ class GateMiddleware:
             self.metrics.http_responses.labels(path if path in ROUTES else "other", str(status)).inc()
 
     def _authorized(self, scope: Scope) -> bool:
+        """Compared as bytes in constant time (compare_digest refuses str with non-ASCII characters, which
+        any client can send)."""
         headers = dict(scope["headers"])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = given.partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), self.api_key)
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.api_key)
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -193,10 +200,13 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     preparer = RequestPreparer(llm, settings)
     serving = ChatServing(engine, settings)
     admission = Admission(llm.config.max_num_seqs + settings.max_queue)
+    drain = Drain(engine, lambda: admission.active, settings.shutdown_timeout)
     app = FastAPI(title="stepaudio", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    publish_request_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/tokenize": TokenizeRequest})
     mount_realtime(app, engine, settings, metrics.registry)
-    app.add_middleware(GateMiddleware, settings=settings, metrics=metrics)
+    app.add_middleware(GateMiddleware, settings=settings, metrics=metrics, drain=drain)
+    app.state.drain = drain  # the launcher starts it on SIGTERM
 
     def served_name(requested: str | None) -> str:
         if requested is None:

@@ -167,6 +167,8 @@ class ChatServing:
                             yield chunk([], usage)
         except RequestError as e:
             yield _error_event(bad_request(str(e), param="messages"))
+        except APIError as e:  # e.g. 503: the server shut down before the request finished
+            yield _error_event(e)
         except Exception as e:  # the engine failed this request; the stream still ends cleanly
             logger.exception("engine failure in stream %s", request_id)
             yield _error_event(APIError(500, f"engine error: {type(e).__name__}: {e}", code="engine_error"))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import uvicorn
 from fastapi import FastAPI
@@ -21,6 +23,7 @@ from ..model.loader import load_model
 from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
 from .app import create_app
+from .drain import Drain
 from .settings import ServerSettings
 from .sockets import listening_socket, url_of
 
@@ -88,16 +91,35 @@ def build_app(engine: LLMEngine, settings: ServerSettings) -> FastAPI:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, calling `on_ready` once it accepts connections."""
+    """uvicorn's server, calling `on_ready` once it accepts connections, and draining on the first SIGTERM
+    (see drain.py) before uvicorn's own shutdown; a second SIGTERM, or Ctrl-C, stops at once as before."""
 
     def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None):
         super().__init__(config)
         self._on_ready = on_ready
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task | None = None  # held: the loop keeps only a weak reference to tasks
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         if self.started and self._on_ready is not None:
             self._on_ready()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain = getattr(self.config.app.state, "drain", None)
+        if sig != signal.SIGTERM or drain is None or drain.draining or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        logger.info("SIGTERM: refusing new requests, letting those in flight finish (at most %g s)", drain.timeout)
+        self._loop.call_soon_threadsafe(self._start_drain, drain, sig, frame)
+
+    def _start_drain(self, drain: Drain, sig: int, frame: FrameType | None) -> None:
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_exit(drain, sig, frame))
+
+    async def _drain_then_exit(self, drain: Drain, sig: int, frame: FrameType | None) -> None:
+        await drain.run()
+        super().handle_exit(sig, frame)
 
 
 def _uvicorn(app: FastAPI, log_level: str, on_ready: Callable[[], None] | None = None) -> uvicorn.Server:

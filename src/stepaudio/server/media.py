@@ -2,16 +2,18 @@
 
 Inline audio (`input_audio` base64, `data:` URLs) is always accepted. `file://` URLs are read only
 under --allowed-local-media-path (symlinks resolved first), and http(s) URLs are fetched only from
---allowed-media-domains, without following redirects, within a time limit and a size cap. Every
+--allowed-media-domains (under "*" only public addresses), without following redirects, within a time
+limit and a size cap. Every
 audio part leaves here as `{"type": "audio", "audio": <encoded bytes>}`, ready for decoding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 import httpx
 
@@ -24,8 +26,18 @@ from .settings import ServerSettings
 REMOTE_SCHEMES = ("http", "https")
 
 
+def parse_url(url: str) -> ParseResult:
+    """The parsed URL, or a 400 for one urllib cannot take apart ("http://[::1", a port past 65535)."""
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 (validates the port)
+    except ValueError as e:
+        raise bad_request(f"invalid audio URL {url[:60]!r}: {e}", code="invalid_audio_url", param="audio_url") from None
+    return parsed
+
+
 def is_remote(part: dict[str, Any]) -> bool:
-    return part.get("type") == "audio_url" and urlparse(part["audio_url"]["url"]).scheme in REMOTE_SCHEMES
+    return part.get("type") == "audio_url" and parse_url(part["audio_url"]["url"]).scheme in REMOTE_SCHEMES
 
 
 def audio_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -81,7 +93,7 @@ def _read_local_file(url: str, settings: ServerSettings) -> bytes:
     if root is None:
         raise bad_request("file:// audio URLs are disabled; start the server with --allowed-local-media-path",
                           code="media_not_allowed", param="audio_url")
-    parsed = urlparse(url)
+    parsed = parse_url(url)
     if parsed.netloc not in ("", "localhost"):
         raise bad_request(f"file:// URL names a remote host {parsed.netloc!r}", code="media_not_allowed",
                           param="audio_url")
@@ -101,16 +113,37 @@ def _too_big(settings: ServerSettings) -> APIError:
                        code="audio_too_large", param="audio_url")
 
 
-def _domain_allowed(url: str, settings: ServerSettings) -> bool:
-    host = (urlparse(url).hostname or "").lower()
-    allowed = [d.lower() for d in settings.allowed_media_domains]
-    return "*" in allowed or host in allowed
+def _named_hosts(settings: ServerSettings) -> list[str]:
+    return [d.lower() for d in settings.allowed_media_domains]
+
+
+def _host(url: str) -> str:
+    return (parse_url(url).hostname or "").lower()
+
+
+async def _refuse_private_addresses(url: str) -> None:
+    """Under "*", only hosts on the public internet: a client must not make the server fetch from
+    loopback, the private network or a cloud metadata address (169.254.169.254). A host named in
+    --allowed-media-domains is trusted whatever its address."""
+    parsed = parse_url(url)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(parsed.hostname, parsed.port or 443)
+    except (OSError, UnicodeError):
+        raise bad_request(f"could not resolve the audio host {parsed.hostname!r}", code="media_fetch_failed",
+                          param="audio_url") from None
+    for info in infos:
+        if not ipaddress.ip_address(info[4][0].split("%", 1)[0]).is_global:
+            raise bad_request(f"audio host {parsed.hostname!r} has the non-public address {info[4][0]}; name it in "
+                              "--allowed-media-domains to allow it", code="media_not_allowed", param="audio_url")
 
 
 async def _fetch(url: str, settings: ServerSettings) -> bytes:
-    if not _domain_allowed(url, settings):
+    named = _host(url) in _named_hosts(settings)
+    if not named and "*" not in _named_hosts(settings):
         raise bad_request("http(s) audio URLs are disabled for this host; start the server with "
                           "--allowed-media-domains", code="media_not_allowed", param="audio_url")
+    if not named:
+        await _refuse_private_addresses(url)
     try:
         return await asyncio.wait_for(_download(url, settings), timeout=settings.media_fetch_timeout)
     except (httpx.HTTPError, asyncio.TimeoutError) as e:

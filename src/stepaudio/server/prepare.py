@@ -14,7 +14,7 @@ from typing import Any
 
 import jinja2
 
-from ..audio.io import SAMPLE_RATE, AudioError
+from ..audio.io import AudioError, AudioTooLong
 from ..engine.engine import LLMEngine
 from ..engine.sampling import SamplingParams
 from ..inputs import PreparedPrompt, prepare_chat, resolve_audio_parts
@@ -71,16 +71,16 @@ class RequestPreparer:
     def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                 add_generation_prompt: bool, continue_final_message: bool) -> PreparedPrompt:
         try:
-            messages, chunks = resolve_audio_parts(inline_audio(messages, self.settings))
-            seconds = sum(len(c) for c in chunks) / SAMPLE_RATE
-            if seconds > self.settings.max_audio_seconds:
-                raise bad_request(f"the request has {seconds:.1f} s of audio; at most "
-                                  f"{self.settings.max_audio_seconds:g} s are allowed (--max-audio-seconds)",
-                                  code="audio_too_long", param="messages")
+            messages, chunks = resolve_audio_parts(inline_audio(messages, self.settings),
+                                                   max_audio_seconds=self.settings.max_audio_seconds)
             return prepare_chat(self.engine.tokenizer, messages, chunks, n_mels=self.engine.model.config.audio.n_mels,
                                 formula=self.engine.config.audio_token_formula, template=self.settings.chat_template,
                                 tools=tools, add_generation_prompt=add_generation_prompt,
                                 continue_final_message=continue_final_message)
+        except AudioTooLong as e:
+            raise bad_request(f"the request has {'' if e.exact else 'more than '}{e.seconds:.1f} s of audio; at most "
+                              f"{self.settings.max_audio_seconds:g} s are allowed (--max-audio-seconds)",
+                              code="audio_too_long", param="messages") from None
         except AudioError as e:
             raise bad_request(str(e), code="invalid_audio", param="messages") from None
         except (ChatTemplateError, jinja2.TemplateError) as e:

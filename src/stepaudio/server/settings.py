@@ -23,6 +23,7 @@ class ServerSettings:
     max_body_bytes: int = 64 * MiB               # request bodies and fetched audio files
     max_queue: int = 256                         # requests waiting beyond the running ones; more get 429
     log_requests: bool = False                   # one log line per request (vLLM's --enable-log-requests)
+    shutdown_timeout: float = 30.0               # on SIGTERM, seconds in-flight requests get to finish
 
     @property
     def model_name(self) -> str:

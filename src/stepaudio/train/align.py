@@ -191,6 +191,20 @@ def _save_state(path: Path, step: int, aligner: AlignModel, optimizer: torch.opt
     tmp.replace(path)
 
 
+def _keep_log_until(path: Path, step: int) -> None:
+    """Drop the loss records past `step`: a run killed after its last save logged steps it runs again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            continue
+    path.write_text("".join(kept))
+
+
 def write_delta(aligner: AlignModel, path: Path) -> Path:
     save_file(aligner.delta(), str(path), metadata=aligner.delta_metadata())
     return path
@@ -245,7 +259,8 @@ def warm_adaptor(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer,
     history = ctc_warmup(model, clips, epochs=cfg.ctc_epochs, seed=cfg.seed, progress=progress)
     (cfg.out / "ctc_loss.json").write_text(json.dumps({"epoch_ctc_loss": history}) + "\n")
     state = {f"adapter.{k}": v.detach().clone() for k, v in model.adapter.state_dict().items()}
-    torch.save(state, path)
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)  # a run killed while saving leaves no half file to load next time
     return state
 
 
@@ -267,6 +282,7 @@ def run_steps(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, sa
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         print(f"stepaudio: resuming {cfg.out} at step {start}/{cfg.steps}", file=sys.stderr)
+    _keep_log_until(log_path, start)
     n_mels = aligner.model.config.audio.n_mels
     bar = tqdm(total=cfg.steps, initial=start, desc="train align", disable=not progress, file=sys.stderr)
     for step in range(start, cfg.steps):

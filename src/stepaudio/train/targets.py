@@ -89,7 +89,10 @@ def load_or_distil(path: Path, llm_factory, questions: list[Question], progress:
     cached: dict[str, Target] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
-            t = Target(**json.loads(line))
+            try:
+                t = Target(**json.loads(line))
+            except (ValueError, TypeError):  # the last line of a run killed while appending: distilled again
+                continue
             cached[t.question] = t
     missing = [q for q in questions if q.kind != "repeat" and q.text not in cached]
     if missing:
