@@ -162,18 +162,24 @@ def start_server(model_dir: Path, port: int, args: argparse.Namespace, extra: tu
            "--device", args.device, "--uvicorn-log-level", "warning", *extra]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    return wait_until_healthy(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port, 120)
+
+
+def wait_until_healthy(server: subprocess.Popen, port: int, seconds: float,
+                       log: Path | None = None) -> subprocess.Popen:
+    """`server` once its /health answers 200; it is killed (and its log's tail shown) if it dies or is late."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}")
+            tail = ":\n" + log.read_text()[-3000:] if log else ""
+            raise RuntimeError(f"{server.args[0]} exited with {server.returncode}{tail}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return server
         except httpx.HTTPError:
             time.sleep(0.3)
     server.kill()
-    raise RuntimeError("the server did not start within 120 s")
+    raise RuntimeError(f"{server.args[0]} did not start within {seconds:.0f} s")
 
 
 def table(rows: list[dict]) -> str:

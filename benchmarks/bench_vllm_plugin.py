@@ -19,13 +19,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import torch
 
-from bench_serving import MODEL, audio_message, free_port, readable_random_checkpoint, run_level, start_server, summarize
+from bench_serving import (MODEL, audio_message, free_port, readable_random_checkpoint, run_level, start_server,
+                           summarize, wait_until_healthy)
 from stepaudio.text.chat_template import R1_CHAT_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,17 +42,7 @@ def start_vllm(model_dir: Path, port: int, args: argparse.Namespace, log: Path) 
            "--reasoning-parser", "step_audio", "--disable-log-stats", "--uvicorn-log-level", "warning"]
     with open(log, "w") as out:
         server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with {server.returncode}:\n" + log.read_text()[-3000:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    server.kill()
-    raise RuntimeError("vllm serve did not start within 600 s")
+    return wait_until_healthy(server, port, 600, log)
 
 
 def measure(server: subprocess.Popen, port: int, args: argparse.Namespace) -> list[dict]:

@@ -31,6 +31,7 @@ from .ctc_warmup import ctc_warmup, make_clips
 from .examples import Example, ExampleSampler, common_words, training_questions
 from .generated import load_or_generate
 from .targets import load_or_distil
+from .training_state import resume_training_state, save_training_state
 
 
 @dataclass
@@ -156,6 +157,10 @@ class AlignModel:
             by_kind.setdefault(kind, []).append(float(values.detach().mean()))
         return per_token.mean(), {k: float(np.mean(v)) for k, v in by_kind.items()}
 
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What a saved training state holds: the adaptor and the LoRA pairs, in fp32."""
+        return {k: v for k, v in self.model.state_dict().items() if "adapter." in k or ".lora_" in k}
+
     def delta(self) -> dict[str, torch.Tensor]:
         """What is committed: the adaptor and the LoRA pairs, in bf16."""
         tensors = {f"adapter.{k}": v.detach() for k, v in self.model.adapter.state_dict().items()}
@@ -182,27 +187,6 @@ def lr_factor(step: int, cfg: AlignConfig) -> float:
         return (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _save_state(path: Path, step: int, aligner: AlignModel, optimizer: torch.optim.Optimizer) -> None:
-    tmp = path.with_suffix(".tmp")
-    trainable = {k: v for k, v in aligner.model.state_dict().items() if "adapter." in k or ".lora_" in k}
-    torch.save({"step": step, "trainable": trainable, "optimizer": optimizer.state_dict()}, tmp)
-    tmp.replace(path)
-
-
-def _keep_log_until(path: Path, step: int) -> None:
-    """Drop the loss records past `step`: a run killed after its last save logged steps it runs again."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
-            continue
-    path.write_text("".join(kept))
 
 
 def write_delta(aligner: AlignModel, path: Path) -> Path:
@@ -275,14 +259,7 @@ def run_steps(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, sa
     optimizer = torch.optim.AdamW(aligner.parameter_groups(), weight_decay=0.0)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     state_path, log_path = cfg.out / "state.pt", cfg.out / "loss.jsonl"
-    start = 0
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
-        aligner.model.load_state_dict(state["trainable"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        print(f"stepaudio: resuming {cfg.out} at step {start}/{cfg.steps}", file=sys.stderr)
-    _keep_log_until(log_path, start)
+    start = resume_training_state(state_path, aligner.model, optimizer, log_path, cfg.steps)
     n_mels = aligner.model.config.audio.n_mels
     bar = tqdm(total=cfg.steps, initial=start, desc="train align", disable=not progress, file=sys.stderr)
     for step in range(start, cfg.steps):
@@ -306,7 +283,7 @@ def run_steps(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, sa
         bar.update()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            _save_state(state_path, step + 1, aligner, optimizer)
+            save_training_state(state_path, step + 1, aligner.trainable_state(), optimizer)
             write_delta(aligner, cfg.out / "align_delta.safetensors")
     bar.close()
     return write_delta(aligner, cfg.out / "align_delta.safetensors")

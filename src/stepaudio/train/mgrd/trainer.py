@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..training_state import resume_training_state, save_training_state
 from . import distributed
 from .policy import Policy
 
@@ -34,14 +35,7 @@ def train_steps(policy: Policy, step_loss: StepLoss, steps: int, folder: Path, d
     optimizer = torch.optim.AdamW(policy.parameter_groups(), weight_decay=0.0)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     state_path, log_path = folder / "state.pt", folder / "log.jsonl"
-    start = 0
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
-        policy.model.load_state_dict(state["trainable"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        if start < steps:
-            print(f"stepaudio: resuming {folder} at step {start}/{steps}", file=sys.stderr)
+    start = resume_training_state(state_path, policy.model, optimizer, log_path, steps)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress or not distributed.is_main(),
                file=sys.stderr)
@@ -60,14 +54,8 @@ def train_steps(policy: Policy, step_loss: StepLoss, steps: int, folder: Path, d
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             if (step + 1) % save_every == 0 or step + 1 == steps:
-                _save(state_path, step + 1, policy, optimizer)
+                save_training_state(state_path, step + 1, policy.trainable_state(), optimizer)
         bar.update()
         bar.set_postfix(loss=f"{record['loss']:.4f}")
     bar.close()
     distributed.barrier()
-
-
-def _save(path: Path, step: int, policy: Policy, optimizer: torch.optim.Optimizer) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "trainable": policy.trainable_state(), "optimizer": optimizer.state_dict()}, tmp)
-    tmp.replace(path)
