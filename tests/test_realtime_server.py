@@ -227,3 +227,18 @@ def test_talk_cli_saves_the_answer_and_prints_the_timeline(server: str, question
         assert mark in printed
     assert main(["talk", "--api-base", server + "/v1", "--audio", str(wav), "--out", str(tmp_path / "r.mp3")]) == 1
     assert "--out must be a .wav file" in capsys.readouterr().err
+
+
+def test_a_websocket_message_over_the_body_cap_closes_that_connection_only(reference) -> None:  # noqa: F811
+    import websockets.exceptions
+
+    with running_server(reference, max_body_bytes=64 * 1024) as url:
+        with RealtimeClient(realtime_url(url + "/v1", MODEL)) as client:
+            assert client.recv()["type"] == "session.created"
+            client.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(96 * 1024)).decode()})
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                client.recv(timeout=30)
+            assert closed.value.rcvd.code == 1009  # message too big
+        with RealtimeClient(realtime_url(url + "/v1", MODEL)) as client:  # the server still takes sessions
+            assert client.recv()["type"] == "session.created"
+        assert httpx.get(url + "/health").status_code == 200

@@ -207,6 +207,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     mount_realtime(app, engine, settings, metrics.registry)
     app.add_middleware(GateMiddleware, settings=settings, metrics=metrics, drain=drain)
     app.state.drain = drain  # the launcher starts it on SIGTERM
+    app.state.max_body_bytes = settings.max_body_bytes  # also the cap on one WebSocket message (launcher)
 
     def served_name(requested: str | None) -> str:
         if requested is None:

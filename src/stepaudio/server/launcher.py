@@ -123,7 +123,10 @@ class _Server(uvicorn.Server):
 
 
 def _uvicorn(app: FastAPI, log_level: str, on_ready: Callable[[], None] | None = None) -> uvicorn.Server:
-    return _Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, lifespan="off"), on_ready)
+    # --max-request-body-mb caps a WebSocket message too (/v1/realtime): a larger one closes it with 1009
+    ws_max_size = getattr(app.state, "max_body_bytes", 16 * 1024 * 1024)
+    return _Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, lifespan="off",
+                                  ws_max_size=ws_max_size), on_ready)
 
 
 def serve(app: FastAPI, sock: socket.socket, log_level: str = "info",
