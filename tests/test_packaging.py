@@ -211,7 +211,7 @@ MISSING_EXTRA_COMMANDS = [
     (["train", "align", "--out", "{home}/run"], "train", "training"),
     (["train", "evaluate", "--json", "{home}/eval.json"], "train", "the default model's evaluation"),
     (["talk", "--audio", str(ROOT / "examples/question.flac"), "--out", "{home}/reply.wav", "--model", "{tiny}"],
-     "realtime", "stepaudio talk"),
+     "realtime", "realtime voice"),
 ]
 
 

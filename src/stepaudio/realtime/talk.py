@@ -24,16 +24,16 @@ def check_args(args: argparse.Namespace) -> Pacing:
     if not args.out.parent.is_dir():
         raise FileNotFoundError(f"the folder of --out, {args.out.parent}, does not exist")
     check_endpoint(args)
-    require_extra("realtime", "stepaudio talk")
+    require_extra("realtime", "realtime voice")
     return Pacing(args.schedule, args.think_segment_tokens, args.response_segment_tokens, args.max_thinking_tokens,
                   args.max_response_tokens)
 
 
 def run_talk(args: argparse.Namespace) -> None:
+    pacing = check_args(args)
     from .client import RealtimeClient, pcm16_24k, realtime_url  # websockets: the realtime extra
     from .tts import OUTPUT_RATE
 
-    pacing = check_args(args)
     question = pcm16_24k(load_audio(args.audio), SAMPLE_RATE)
     with model_endpoint(args) as (api_base, _):
         with RealtimeClient(realtime_url(api_base), api_key=args.api_key) as client:

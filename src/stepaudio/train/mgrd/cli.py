@@ -14,7 +14,7 @@ def add_mgrd_parser(steps: argparse._SubParsersAction) -> None:
                                      "setting. Rerun the same command to resume. Data-parallel: "
                                      "torchrun --nproc_per_node N -m stepaudio train mgrd --config run.toml")
     m.add_argument("--config", type=Path, required=True, help="the run's config file")
-    m.add_argument("--out", type=Path, help="run folder (overrides the config's `out`)")
+    m.add_argument("--out", type=Path, help="run folder (default: the config's `out`)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
     m.set_defaults(func=run_mgrd_command)
 
