@@ -156,6 +156,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    """The options `start_server` reads from its args (beside the concurrency it sizes the server for)."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--kv-cache-memory-gb", type=float, default=0.05)
+
+
 def start_server(model_dir: Path, port: int, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "stepaudio", "serve", str(model_dir), "--port", str(port), "--served-model-name",
            MODEL, "--max-num-seqs", str(max(args.concurrency)), "--kv-cache-memory-gb", str(args.kv_cache_memory_gb),
@@ -205,9 +212,7 @@ def main() -> None:
     p.add_argument("--audio-seconds", type=float, default=5.0)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--time-limit", type=float, default=300.0, help="seconds per level at most")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--kv-cache-memory-gb", type=float, default=0.05)
+    add_server_options(p)
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

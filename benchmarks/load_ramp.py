@@ -28,7 +28,8 @@ from pathlib import Path
 import httpx
 import torch
 
-from bench_serving import free_port, offline_throughput, percentiles, readable_random_checkpoint, start_server
+from bench_serving import (add_server_options, free_port, offline_throughput, percentiles, readable_random_checkpoint,
+                           start_server)
 from load_driver import Outcome, one, request_body
 
 BACKOFF_SECONDS = 0.1
@@ -121,9 +122,7 @@ def main() -> None:
     p.add_argument("--max-queue", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--audio-seconds", type=float, default=0.0, help="0: text requests")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--kv-cache-memory-gb", type=float, default=0.05)
+    add_server_options(p)
     p.add_argument("--threads", type=int, help="torch threads for the server and the reference (default: torch's); "
                                                 "1 on a machine shared with other jobs (2 were 17x slower there)")
     p.add_argument("--out", type=Path)

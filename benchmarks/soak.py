@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench_serving import free_port, readable_random_checkpoint, start_server
+from bench_serving import add_server_options, free_port, readable_random_checkpoint, start_server
 from load_driver import KINDS, Outcome, ServerProbe, one
 
 CHAT = '{route="/v1/chat/completions",status="%s"}'
@@ -136,9 +136,7 @@ def main() -> None:
     p.add_argument("--max-num-seqs", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--audio-seconds", type=float, default=1.0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--kv-cache-memory-gb", type=float, default=0.05)
+    add_server_options(p)
     p.add_argument("--out", type=Path, help="write the report as JSON here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
