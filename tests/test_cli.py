@@ -119,6 +119,7 @@ def test_train_align_help_shows_the_recipe_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert f"--steps STEPS decoder-stage steps (default: {AlignConfig.steps})" in out
     assert f"--batch-size BATCH_SIZE examples per step (default: {AlignConfig.batch_size})" in out
+    assert "--out OUT run folder: state, loss log, align_delta.safetensors --steps" in out  # required: no default
 
 
 def test_version_says_torch_devices_and_the_default_model_cache(empty_cache, capsys):

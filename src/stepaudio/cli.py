@@ -179,11 +179,11 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 def _align_defaults() -> dict[str, object]:
     """AlignConfig's defaults, for `train align --help` only (the import pulls in torch)."""
-    from dataclasses import fields
+    from dataclasses import MISSING, fields
 
     from .train.align import AlignConfig
 
-    return {f.name: f.default for f in fields(AlignConfig)}
+    return {f.name: f.default for f in fields(AlignConfig) if f.default is not MISSING}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
