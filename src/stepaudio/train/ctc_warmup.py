@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..audio.features import log_mel_spectrogram
 from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
-from .speech import augment, random_voice, speak
+from .speech import Voice, augment, random_voice, speak
 
 
 @dataclass
@@ -33,13 +33,14 @@ class Clip:
 
 
 def make_clips(model: StepAudioForCausalLM, tokenizer: StepTokenizer, text_source: Callable[[np.random.Generator], str],
-               n: int, seed: int, progress: bool = True) -> list[Clip]:
-    """`n` spoken clips of `text_source(rng)` in random training voices, encoded once."""
+               n: int, seed: int, progress: bool = True,
+               voice_source: Callable[[np.random.Generator], Voice] = random_voice) -> list[Clip]:
+    """`n` spoken clips of `text_source(rng)` in `voice_source(rng)` (random training voices), encoded once."""
     rng = np.random.default_rng([seed, 7])
     clips = []
     for _ in tqdm(range(n), desc="ctc warm-up: encoding clips", disable=not progress, file=sys.stderr):
         text = text_source(rng)
-        wav = augment(speak(text, random_voice(rng)), rng)
+        wav = augment(speak(text, voice_source(rng)), rng)
         mel = log_mel_spectrogram(wav, n_mels=model.config.audio.n_mels)
         with torch.no_grad():
             feats, _ = model.encode_features(mel)
@@ -48,11 +49,13 @@ def make_clips(model: StepAudioForCausalLM, tokenizer: StepTokenizer, text_sourc
 
 
 class CTCHead(nn.Module):
-    """Cosine scores of adaptor rows against frozen token embeddings (a sub-vocabulary) and a blank."""
+    """Cosine scores of adaptor rows against the frozen embeddings of `vocab` (token ids) and a blank (row 0)."""
 
-    def __init__(self, embeddings: torch.Tensor):
+    def __init__(self, embeddings: torch.Tensor, vocab: list[int]):
         super().__init__()
-        self.register_buffer("targets", F.normalize(embeddings.float(), dim=-1))
+        self.vocab = sorted(set(vocab))
+        self.index = {t: i + 1 for i, t in enumerate(self.vocab)}
+        self.register_buffer("targets", F.normalize(embeddings[torch.tensor(self.vocab)].float(), dim=-1))
         self.blank = nn.Parameter(torch.randn(embeddings.shape[1]) * 0.02)
         self.log_temperature = nn.Parameter(torch.tensor(np.log(20.0), dtype=torch.float32))
 
@@ -62,12 +65,12 @@ class CTCHead(nn.Module):
 
 
 def ctc_warmup(model: StepAudioForCausalLM, clips: list[Clip], epochs: int = 12, batch: int = 32,
-               lr: float = 1e-3, seed: int = 0, progress: bool = True) -> list[float]:
-    """Train `model.adapter` in place; returns the mean loss of each epoch."""
-    vocab = sorted({t for c in clips for t in c.tokens})
-    index = {t: i + 1 for i, t in enumerate(vocab)}  # 0 is the blank
+               lr: float = 1e-3, seed: int = 0, progress: bool = True, head: CTCHead | None = None) -> list[float]:
+    """Train `model.adapter` (and `head`, by default one over the clips' tokens) in place; returns the mean
+    loss of each epoch."""
     embed = model.model.embed_tokens.weight.detach()
-    head = CTCHead(embed[torch.tensor(vocab)])
+    head = head or CTCHead(embed, [t for c in clips for t in c.tokens])
+    index = head.index
     target_norm = float(embed[:151643].float().norm(dim=-1).mean()) if embed.shape[0] > 151643 else float(
         embed.float().norm(dim=-1).mean())
     params = list(model.adapter.parameters()) + list(head.parameters())

@@ -102,7 +102,8 @@ def _accuracy(rows: list[dict]) -> float:
     return float(np.mean([r["correct"] for r in rows])) if rows else float("nan")
 
 
-def _family_clips(questions: list[Question], family: str, seed: int) -> list[np.ndarray]:
+def family_clips(questions: list[Question], family: str, seed: int) -> list[np.ndarray]:
+    """The questions spoken in random voices of `family`, the same clips for the same seed."""
     rng = np.random.default_rng([seed, *family.encode()])  # each family its own stream
     return [speak(q.text, random_voice(rng, family)) for q in questions]
 
@@ -145,7 +146,7 @@ def evaluate(model_dir: Path, base_dir: Path | None, seed: int = 1, sound_items:
     rng = np.random.default_rng(seed)
     report = Report()
     questions = heldout_questions(seed)
-    spoken = {f"speech_{family}": _family_clips(questions, family, seed) for family in families}
+    spoken = {f"speech_{family}": family_clips(questions, family, seed) for family in families}
     heard_by: dict[str, list[str]] = {}
     if whisper_reference:
         from .whisper_reference import WhisperTranscriber
