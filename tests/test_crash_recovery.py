@@ -1,4 +1,4 @@
-"""Crashes outside the server: `kill -9` in the middle of `train align`, and a full disk while the default
+"""Crashes outside the server: `kill -9` in the middle of `train align` and of a `train mgrd` stage, and a full disk while the default
 model's cache folder is written. The next run resumes to the same state; a failed write leaves nothing
 that a later run could take for a finished folder."""
 
@@ -19,7 +19,10 @@ from safetensors import safe_open
 
 from stepaudio.default_model.assemble import write_assembly
 from stepaudio.model.loader import load_model
+from mgrd_fixtures import tiny_policy
+from stepaudio.train.mgrd.stages import sft
 from test_train_align import _assembly, _config, _run
+from test_train_mgrd import _examples
 
 TESTS = Path(__file__).resolve().parent
 STEPS = 6  # saved every 2 steps (_config)
@@ -62,6 +65,68 @@ def test_kill_9_during_train_align_resumes_to_the_same_state(tmp_path):
             assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
     assert logged_steps(out) == list(range(1, STEPS + 1))  # each step once (the lost ones were run again)
     assert losses(out) == losses(tmp_path / "straight")
+
+
+MGRD_STEPS = 9  # saved every 2 steps and at the end
+MGRD_CHILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_crash_recovery import run_mgrd_sft
+run_mgrd_sft(Path({out!r}))
+"""
+
+
+def run_mgrd_sft(out: Path) -> dict[str, torch.Tensor]:
+    """The SFT stage of `train mgrd` on the tiny policy (a fresh process builds the same start from seed 0)."""
+    from mgrd_fixtures import tiny_config_for
+
+    cfg = tiny_config_for(out, save_every=2)
+    cfg.sft.steps = MGRD_STEPS
+    policy = tiny_policy(out, lr_adapter=1e-2)
+    sft(policy, cfg, _examples(), out / "sft", "sft", progress=False)
+    return policy.trainable_state()
+
+
+def mgrd_log(out: Path) -> list[dict]:
+    """The stage's log without the wall-clock field, which no two runs share."""
+    records = [json.loads(line) for line in (out / "sft" / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def _past_a_save(out: Path) -> bool:
+    log = out / "sft" / "log.jsonl"
+    if not ((out / "sft" / "state.pt").is_file() and log.is_file()):
+        return False
+    lines = log.read_text().splitlines()
+    return len(lines) >= 3 and len(lines) % 2 == 1 and lines[-1].endswith("}")
+
+
+def test_kill_9_during_a_train_mgrd_stage_resumes_to_the_same_state(tmp_path):
+    out = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", MGRD_CHILD.format(tests=str(TESTS), out=str(out))])
+    deadline = time.monotonic() + 120
+    # A step takes tens of ms: stop the process, check that it stopped between saves, and only then kill it.
+    while True:
+        assert child.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        if _past_a_save(out):
+            os.kill(child.pid, signal.SIGSTOP)
+            if _past_a_save(out):
+                break
+            os.kill(child.pid, signal.SIGCONT)
+        time.sleep(0.002)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(30) == -signal.SIGKILL
+    saved = torch.load(out / "sft" / "state.pt", weights_only=True)["step"]
+    assert saved < MGRD_STEPS and len(mgrd_log(out)) > saved  # steps past the checkpoint were lost
+
+    resumed = run_mgrd_sft(out)
+    straight = run_mgrd_sft(tmp_path / "straight")
+    assert resumed.keys() == straight.keys() and resumed
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+    assert [r["step"] for r in mgrd_log(out)] == list(range(1, MGRD_STEPS + 1))  # each step once
+    assert mgrd_log(out) == mgrd_log(tmp_path / "straight")
 
 
 @pytest.fixture
