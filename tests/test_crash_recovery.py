@@ -43,17 +43,34 @@ def losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
 
 
+def _past_a_save(state: Path, log: Path) -> bool:
+    """A checkpoint is written and the log has gone past it (an odd step: no save there), no line cut short."""
+    if not (state.is_file() and log.is_file()):
+        return False
+    lines = log.read_text().splitlines()
+    return len(lines) >= 3 and len(lines) % 2 == 1 and lines[-1].endswith("}")
+
+
+def kill_between_saves(child: subprocess.Popen, state: Path, log: Path) -> None:
+    """`kill -9` the training process between two saves. A step can take only tens of ms, so the process is
+    stopped, checked to have stopped between saves, and only then killed."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert child.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        if _past_a_save(state, log):
+            os.kill(child.pid, signal.SIGSTOP)
+            if _past_a_save(state, log):
+                break
+            os.kill(child.pid, signal.SIGCONT)
+        time.sleep(0.002)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(30) == -signal.SIGKILL
+
+
 def test_kill_9_during_train_align_resumes_to_the_same_state(tmp_path):
     out = tmp_path / "killed"
     child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(TESTS), out=str(out), steps=STEPS)])
-    deadline = time.monotonic() + 120
-    # Kill it once a checkpoint is written and the log has gone past it (an odd step: no save there).
-    while not ((out / "state.pt").is_file() and (out / "loss.jsonl").is_file()
-               and len(logged_steps(out)) % 2 == 1 and len(logged_steps(out)) >= 3):
-        assert child.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.005)
-    os.kill(child.pid, signal.SIGKILL)
-    assert child.wait(30) == -signal.SIGKILL
+    kill_between_saves(child, out / "state.pt", out / "loss.jsonl")
     saved = torch.load(out / "state.pt", weights_only=True)["step"]
     assert saved < STEPS and len(logged_steps(out)) > saved  # steps past the checkpoint were lost
 
@@ -94,29 +111,10 @@ def mgrd_log(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
-def _past_a_save(out: Path) -> bool:
-    log = out / "sft" / "log.jsonl"
-    if not ((out / "sft" / "state.pt").is_file() and log.is_file()):
-        return False
-    lines = log.read_text().splitlines()
-    return len(lines) >= 3 and len(lines) % 2 == 1 and lines[-1].endswith("}")
-
-
 def test_kill_9_during_a_train_mgrd_stage_resumes_to_the_same_state(tmp_path):
     out = tmp_path / "killed"
     child = subprocess.Popen([sys.executable, "-c", MGRD_CHILD.format(tests=str(TESTS), out=str(out))])
-    deadline = time.monotonic() + 120
-    # A step takes tens of ms: stop the process, check that it stopped between saves, and only then kill it.
-    while True:
-        assert child.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        if _past_a_save(out):
-            os.kill(child.pid, signal.SIGSTOP)
-            if _past_a_save(out):
-                break
-            os.kill(child.pid, signal.SIGCONT)
-        time.sleep(0.002)
-    os.kill(child.pid, signal.SIGKILL)
-    assert child.wait(30) == -signal.SIGKILL
+    kill_between_saves(child, out / "sft" / "state.pt", out / "sft" / "log.jsonl")
     saved = torch.load(out / "sft" / "state.pt", weights_only=True)["step"]
     assert saved < MGRD_STEPS and len(mgrd_log(out)) > saved  # steps past the checkpoint were lost
 
