@@ -202,8 +202,10 @@ def test_server_vad_splits_two_turns_separated_by_silence(server: str, question:
 def test_unknown_model_and_missing_key_are_refused(reference) -> None:  # noqa: F811
     websockets = pytest.importorskip("websockets")
     with running_server(reference, api_key="secret") as url:
-        with pytest.raises(websockets.exceptions.InvalidStatus):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
             RealtimeClient(realtime_url(url + "/v1", MODEL))
+        assert refused.value.response.status_code == 401   # with an OpenAI error body saying why
+        assert json.loads(refused.value.response.body)["error"]["code"] == "invalid_api_key"
         with RealtimeClient(realtime_url(url + "/v1", "other-model"), api_key="secret") as client:
             assert client.recv()["error"]["code"] == "model_not_found"
         with RealtimeClient(realtime_url(url + "/v1", MODEL), api_key="secret") as client:

@@ -7,6 +7,7 @@ as with OpenAI, the key may instead come as the subprotocol `openai-insecure-api
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -18,6 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from ..engine.async_engine import AsyncEngine
 from ..extras import MissingExtra, require_extra
+from ..server.drain import Drain, shutting_down
+from ..server.errors import APIError
 from ..server.settings import ServerSettings
 from .metrics import RealtimeMetrics
 from .session import Limits, RealtimeSession
@@ -38,10 +41,40 @@ def _offered_key(websocket: WebSocket) -> str | None:
     return None
 
 
-def mount_realtime(app: FastAPI, engine: AsyncEngine, settings: ServerSettings, registry: CollectorRegistry) -> None:
+class LiveSessions:
+    """The open sessions, for the drain: each waits in `receive` for its client and would not notice a SIGTERM,
+    so the drain tells every one to finish the answer in flight and close (1001), and waits for them."""
+
+    def __init__(self) -> None:
+        self.open: dict[RealtimeSession, WebSocket] = {}
+        self._winding: set[asyncio.Task] = set()   # held: the loop keeps only weak references to tasks
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    def wind_down(self) -> None:
+        for session, websocket in self.open.items():
+            task = asyncio.ensure_future(session.wind_down(lambda ws=websocket: ws.close(1001, "server shutting down")))
+            self._winding.add(task)
+            task.add_done_callback(self._winding.discard)
+
+    def stop_answering(self) -> None:
+        for session in self.open:
+            session.stop_answering()
+
+
+async def _refuse(websocket: WebSocket, error: APIError) -> None:
+    """Refuse the handshake with an HTTP status and an OpenAI error body (the client sees why)."""
+    await websocket.send_denial_response(error.response())
+
+
+def mount_realtime(app: FastAPI, engine: AsyncEngine, settings: ServerSettings, registry: CollectorRegistry,
+                   drain: Drain) -> None:
     metrics = RealtimeMetrics(registry, settings.model_name)
     speaker = PiperSpeaker()
     limits = Limits(max_conversation_audio_seconds=settings.max_audio_seconds, template=settings.chat_template)
+    live = LiveSessions()
+    drain.watch(lambda: len(live), on_start=live.wind_down, on_deadline=live.stop_answering)
 
     @app.get("/talk", include_in_schema=False)
     async def talk_page() -> HTMLResponse:
@@ -51,10 +84,14 @@ def mount_realtime(app: FastAPI, engine: AsyncEngine, settings: ServerSettings, 
     async def realtime(websocket: WebSocket) -> None:
         offered = websocket.scope.get("subprotocols", [])
         protocol = "realtime" if "realtime" in offered else None
+        if drain.draining:
+            await _refuse(websocket, shutting_down())
+            return
         # As bytes (the header's own, latin-1 round trip): compare_digest refuses str with non-ASCII characters.
         offered_key = (_offered_key(websocket) or "").encode("latin-1", "replace")
         if settings.api_key and not secrets.compare_digest(offered_key, settings.api_key.encode()):
-            await websocket.close(code=1008, reason="invalid or missing API key")
+            await _refuse(websocket, APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                                              code="invalid_api_key"))
             return
         await websocket.accept(subprotocol=protocol)
         model = websocket.query_params.get("model") or settings.model_name
@@ -71,6 +108,7 @@ def mount_realtime(app: FastAPI, engine: AsyncEngine, settings: ServerSettings, 
             await websocket.close(code=1011)
             return
         metrics.sessions.labels(settings.model_name).inc()
+        live.open[session] = websocket
         try:
             await session.start()
             while True:
@@ -85,4 +123,5 @@ def mount_realtime(app: FastAPI, engine: AsyncEngine, settings: ServerSettings, 
             pass
         finally:
             await session.close()
+            del live.open[session]
             metrics.sessions.labels(settings.model_name).dec()

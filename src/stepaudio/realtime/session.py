@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from ..audio.io import SAMPLE_RATE, resample
 from ..engine.async_engine import AsyncEngine
 from ..engine.sampling import SamplingParams
 from ..inputs import prepare_chat, resolve_audio_parts
+from ..server.errors import APIError
 from .dual_brain import DualBrain
 from .metrics import RealtimeMetrics
 from .responder import Responder, Send
@@ -100,6 +103,7 @@ class RealtimeSession:
         self.responder: Responder | None = None
         self._cancel_reason = "client_cancelled"
         self._closed = False
+        self._draining = False                 # the server is shutting down: no new answers
         self._speech_start_ms: int | None = None
         self._pending_item = ""                # the item id announced with speech_started
         self._turn_end = time.perf_counter()   # when the last user turn was committed
@@ -144,6 +148,22 @@ class RealtimeSession:
             self._cancel_reason = "client_disconnected"
             self.response.cancel()
             await asyncio.gather(self.response, return_exceptions=True)
+
+    async def wind_down(self, close: Callable[[], Awaitable[None]]) -> None:
+        """The server is draining: start no new answer, let the one in flight finish, then say why and close."""
+        self._draining = True
+        if self.response is not None:
+            await asyncio.gather(self.response, return_exceptions=True)
+        with contextlib.suppress(Exception):  # the client may have left meanwhile
+            await self.error("the server is shutting down; reconnect later or to another replica",
+                             "server_shutting_down", kind="server_error")
+            await close()
+
+    def stop_answering(self) -> None:
+        """The drain's deadline: cancel the answer in flight (its response.done says why)."""
+        if self.response is not None and not self.response.done():
+            self._cancel_reason = "server_shutting_down"
+            self.response.cancel()
 
     async def handle(self, raw: str | bytes) -> None:
         event_id = None
@@ -333,6 +353,9 @@ class RealtimeSession:
             await asyncio.gather(self.response, return_exceptions=True)
 
     async def _start_response(self, overrides: Any) -> None:
+        if self._draining:
+            raise EventError("the server is shutting down; no new responses", code="server_shutting_down",
+                             kind="server_error")
         if self.response is not None and not self.response.done():
             raise EventError("a response is already in progress; cancel it first",
                              code="conversation_already_has_active_response")
@@ -405,8 +428,9 @@ class RealtimeSession:
             if self._closed:
                 return
             logger.exception("realtime response %s failed", response_id)
-            status, details = "failed", {"type": "failed", "error": {"type": "server_error", "code": "engine_error"}}
-            await self.error(f"the answer failed: {type(e).__name__}: {e}", "engine_error", kind="server_error")
+            code = e.code if isinstance(e, APIError) and e.code else "engine_error"  # e.g. failed by a shutdown
+            status, details = "failed", {"type": "failed", "error": {"type": "server_error", "code": code}}
+            await self.error(f"the answer failed: {type(e).__name__}: {e}", code, kind="server_error")
         item.spoken = [(s.chunk.text, s.chunk.seconds) for s in responder.sent]
         if item.text or status == "completed":
             self.items.append(item)
