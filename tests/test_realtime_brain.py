@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from contextlib import aclosing
 from pathlib import Path
 
@@ -36,11 +37,11 @@ def question(llm: LLM):
                                                                      .astype(np.float32)}]}])
 
 
-def run_brain(llm: LLM, question, pacing: Pacing, playback_end=lambda: None):
+def run_brain(llm: LLM, question, pacing: Pacing, playback_end=lambda: None, params: SamplingParams = PARAMS):
     engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(**ENGINE))
 
     async def go():
-        brain = DualBrain(AsyncEngine(engine), question.token_ids, question.mels, pacing, PARAMS, playback_end)
+        brain = DualBrain(AsyncEngine(engine), question.token_ids, question.mels, pacing, params, playback_end)
         events = [e async for e in brain.run()]
         return brain, events
 
@@ -97,6 +98,21 @@ def test_no_think_runs_one_stream_with_an_empty_think_block(llm: LLM, question) 
     [launch] = brain.launches
     assert brain.thoughts == [] and not any(isinstance(e, ThinkingDelta) for e in events)
     assert launch.prompt_ids == question.token_ids + llm.tokenizer.encode(THINK_CLOSE)
+
+
+def test_ignore_eos_speaks_to_the_response_limit(llm: LLM, question) -> None:
+    # seed 0 samples an end of text within the first few tokens; ignore_eos must speak on past it
+    stops_early = SamplingParams(temperature=1.0, seed=0)
+    pacing = Pacing("no-think", 6, 5, 24, 200)
+    brain, _, _ = run_brain(llm, question, pacing, params=stops_early)
+    assert brain.result.finish_reason == "stop" and len(brain.result.said_text) < 200
+    brain, _, engine = run_brain(llm, question, pacing, params=replace(stops_early, ignore_eos=True))
+    assert brain.result.finish_reason == "length"
+    # The sampled ends of text (and audio patches) are not carried into the next request's prompt, so a
+    # last request tops the answer up to the limit.
+    first, last = brain.launches[0], brain.launches[-1]
+    assert len(brain.launches) >= 2 and 150 < len(last.prompt_ids) - len(first.prompt_ids) < 200
+    assert not engine.requests and engine.blocks.num_free_blocks == engine.blocks.num_blocks
 
 
 def test_think_ahead_margin_is_measured_and_violations_logged(llm: LLM, question, caplog) -> None:

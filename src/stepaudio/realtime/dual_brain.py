@@ -103,6 +103,9 @@ class DualBrain:
         self.params = params
         self.playback_end = playback_end
         self.close_ids = tokenizer.encode(THINK_CLOSE)
+        # Not carried into the next segment's prompt: an end of text (ignore_eos samples it), and an audio
+        # patch, which a prompt may only hold where audio features fill it (the engine refuses the request).
+        self._unsaid = set(tokenizer.eos_token_ids) | {tokenizer.audio_patch_id}
         self.launches: list[Launch] = []
         self.result = BrainResult()
         self._tag = f"rt-{next(_ids)}"
@@ -212,7 +215,7 @@ class DualBrain:
                                                          params)) as outs:
                     async for out in outs:
                         delta = out.deltas[0]
-                        said_ids += [t for t in delta.token_ids if t not in self.tokenizer.eos_token_ids]
+                        said_ids += [t for t in delta.token_ids if t not in self._unsaid]
                         if delta.content:
                             said += delta.content
                             self._events.put_nowait(SpeechDelta(segment, delta.content))

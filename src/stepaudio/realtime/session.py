@@ -175,7 +175,8 @@ class RealtimeSession:
             if not isinstance(event, dict):
                 raise EventError("an event must be a JSON object", code="invalid_event")
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-            handler = self._handlers.get(event.get("type"))
+            kind = event.get("type")
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise EventError(f"unknown or unsupported event type {event.get('type')!r}", code="invalid_event",
                                  param="type")
@@ -290,15 +291,21 @@ class RealtimeSession:
         role = raw.get("role")
         if role not in ("user", "assistant", "system"):
             raise EventError("item.role must be user, assistant or system", param="item.role")
+        item_id = raw.get("id") or _id("item")
+        if not isinstance(item_id, str):
+            raise EventError("item.id must be a string", param="item.id")
+        content = raw.get("content") or []
+        if not isinstance(content, list):
+            raise EventError("item.content must be a list of content parts", param="item.content")
         text, audio = "", None
-        for part in raw.get("content") or []:
+        for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in ("input_text", "text", "output_text"):
                 text += str(part.get("text") or "")
             elif kind == "input_audio" and role == "user":
                 try:
                     pcm = base64.b64decode(part.get("audio") or "", validate=True)
-                except (binascii.Error, ValueError):
+                except (binascii.Error, ValueError, TypeError):
                     raise EventError("item audio is not valid base64", code="invalid_audio",
                                      param="item.content") from None
                 audio = resample(np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0,
@@ -306,7 +313,7 @@ class RealtimeSession:
             else:
                 raise EventError(f"unsupported content part {kind!r} for a {role} item", param="item.content")
         previous = self.items[-1].id if self.items else None
-        item = Item(raw.get("id") or _id("item"), role, text, audio)
+        item = Item(item_id, role, text, audio)
         self.items.append(item)
         if role == "user":   # a turn given whole: it ends now (first-audio latency counts from here)
             self._turn_end = time.perf_counter()
@@ -410,7 +417,7 @@ class RealtimeSession:
         await self.send({"type": "response.content_part.added", **part, "part": {"type": "audio", "transcript": ""}})
         try:
             prompt = await self._prompt(config)
-            params = SamplingParams(temperature=config.temperature, seed=config.seed)
+            params = SamplingParams(temperature=config.temperature, seed=config.seed, ignore_eos=config.ignore_eos)
             brain = DualBrain(self.engine, prompt.token_ids, prompt.mels, config.pacing, params,
                               responder.playback_end)
             await responder.run(brain)

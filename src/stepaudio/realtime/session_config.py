@@ -32,6 +32,7 @@ class SessionConfig:
     pacing: Pacing = Pacing()
     temperature: float = 0.7
     seed: int | None = None
+    ignore_eos: bool = False   # as vLLM's: speak to max_response_tokens (load tests, benchmarks)
 
     def as_event_session(self, session_id: str) -> dict[str, Any]:
         p = self.pacing
@@ -44,7 +45,7 @@ class SessionConfig:
                               "response_segment_tokens": p.response_segment_tokens,
                               "max_thinking_tokens": p.max_thinking_tokens,
                               "max_response_tokens": p.max_response_tokens, "temperature": self.temperature,
-                              "seed": self.seed}}
+                              "seed": self.seed, "ignore_eos": self.ignore_eos}}
 
     def updated(self, session: Any) -> SessionConfig:
         """A new config with `session` (the event's object) applied; SessionError names the bad field."""
@@ -55,18 +56,16 @@ class SessionConfig:
             if not isinstance(session["instructions"], (str, type(None))):
                 raise SessionError("instructions must be a string", "session.instructions")
             changes["instructions"] = session["instructions"] or None
-        audio = session.get("audio") or {}
-        if not isinstance(audio, dict):
-            raise SessionError("audio must be an object", "session.audio")
+        audio = _object(session.get("audio"), "session.audio")
         for side in ("input", "output"):
-            part = audio.get(side) or {}
+            part = _object(audio.get(side), f"session.audio.{side}")
             if "format" in part:
                 _check_format(part["format"], f"session.audio.{side}.format")
             legacy = f"{side}_audio_format"
             if legacy in session:
                 _check_format(session[legacy], f"session.{legacy}")
         detection = _MISSING
-        if "turn_detection" in (audio.get("input") or {}):
+        if "turn_detection" in (audio.get("input") or {}):   # an object: checked above
             detection = audio["input"]["turn_detection"]
         elif "turn_detection" in session:
             detection = session["turn_detection"]
@@ -76,16 +75,14 @@ class SessionConfig:
         limit = session.get("max_output_tokens", session.get("max_response_output_tokens"))
         if limit is not None and limit != "inf":
             pacing["max_response_tokens"] = limit
-        ours = session.get("stepaudio") or {}
-        if not isinstance(ours, dict):
-            raise SessionError("stepaudio must be an object", "session.stepaudio")
+        ours = _object(session.get("stepaudio"), "session.stepaudio")
         for key in ("schedule", "think_segment_tokens", "response_segment_tokens", "max_thinking_tokens",
                     "max_response_tokens"):
             if key in ours:
                 pacing[key] = ours[key]
         for key, value in pacing.items():
-            if key != "schedule" and (not isinstance(value, int) or isinstance(value, bool)):
-                raise SessionError(f"{key} must be an integer", f"session.stepaudio.{key}")
+            if key != "schedule":
+                _integer(value, f"session.stepaudio.{key}", 1, MAX_TOKENS)
         try:
             changes["pacing"] = replace(self.pacing, **pacing)
         except ValueError as e:
@@ -96,13 +93,34 @@ class SessionConfig:
                 raise SessionError("temperature must be a number in [0, 2]", "session.stepaudio.temperature")
             changes["temperature"] = float(t)
         if "seed" in ours:
-            if not isinstance(ours["seed"], (int, type(None))) or isinstance(ours["seed"], bool):
-                raise SessionError("seed must be an integer", "session.stepaudio.seed")
+            if ours["seed"] is not None:
+                _integer(ours["seed"], "session.stepaudio.seed", -(2**63), 2**63 - 1)  # a torch generator's range
             changes["seed"] = ours["seed"]
+        if "ignore_eos" in ours:
+            if not isinstance(ours["ignore_eos"], bool):
+                raise SessionError("ignore_eos must be a boolean", "session.stepaudio.ignore_eos")
+            changes["ignore_eos"] = ours["ignore_eos"]
         return replace(self, **changes)
 
 
 _MISSING = object()
+MAX_TOKENS = 1 << 20   # far above any context; bounds what a client may ask for
+
+
+def _object(value: Any, param: str) -> dict[str, Any]:
+    """An optional JSON object (absent or null: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SessionError(f"{param.rsplit('.', 1)[-1]} must be an object", param)
+    return value
+
+
+def _integer(value: Any, param: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise SessionError(f"{param.rsplit('.', 1)[-1]} must be an integer in [{low}, {high}], got {value!r}",
+                           param)
+    return value
 
 
 def _check_format(fmt: Any, param: str) -> None:
@@ -122,9 +140,13 @@ def _turn_detection(value: Any) -> dict[str, Any] | None:
         raise SessionError("turn_detection must be null (manual turns) or {'type': 'server_vad', ...}; "
                            "semantic_vad is not supported", "session.audio.input.turn_detection")
     merged = {**VAD_DEFAULTS, **{k: v for k, v in value.items() if v is not None}}
-    if not isinstance(merged["threshold"], (int, float)) or not 0 < merged["threshold"] < 1:
-        raise SessionError("turn_detection.threshold must be in (0, 1)", "session.audio.input.turn_detection")
-    if not isinstance(merged["silence_duration_ms"], int) or not 50 <= merged["silence_duration_ms"] <= 10000:
-        raise SessionError("turn_detection.silence_duration_ms must be an integer in [50, 10000]",
-                           "session.audio.input.turn_detection")
+    param = "session.audio.input.turn_detection"
+    threshold = merged["threshold"]
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:
+        raise SessionError("turn_detection.threshold must be in (0, 1)", param + ".threshold")
+    _integer(merged["silence_duration_ms"], param + ".silence_duration_ms", 50, 10000)
+    _integer(merged["prefix_padding_ms"], param + ".prefix_padding_ms", 0, 10000)
+    for flag in ("create_response", "interrupt_response"):
+        if not isinstance(merged[flag], bool):
+            raise SessionError(f"turn_detection.{flag} must be true or false", f"{param}.{flag}")
     return merged
