@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import os
 
 import httpx
@@ -135,6 +136,7 @@ def url(reference):  # noqa: F811
         for _ in range(300):   # aborts are applied between engine steps
             if metric(base, "vllm:num_requests_running") == 0 and metric(base, "vllm:kv_cache_usage_perc") == 0:
                 break
+            time.sleep(0.05)
         assert metric(base, "vllm:num_requests_running") == 0 and metric(base, "vllm:kv_cache_usage_perc") == 0
         assert httpx.get(base + "/health").status_code == 200
 

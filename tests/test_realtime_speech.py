@@ -21,6 +21,7 @@ pytest.importorskip("num2words")
     ("the 2nd try, at -4 degrees", "the second try, at minus four degrees"),
     ("2^3 = 8", "two to the power of three equals eight"),
     ("**Answer:** 42", "Answer: forty-two"),
+    ("a\x00b\x07c\u200bd\ufeff 1", "a b c d one"),   # what a model may emit and a phonemizer refuses
 ])
 def test_numbers_and_symbols_are_written_as_words(text: str, said: str) -> None:
     assert spoken_form(text) == said
@@ -49,6 +50,7 @@ def test_piper_speaks_a_clause_as_24_khz_pcm16() -> None:
     # "seven plus five equals twelve" takes well over a second; the digits alone would be much shorter
     assert 1.2 < chunk.seconds < 4.0 and len(samples) == round(chunk.seconds * OUTPUT_RATE)
     assert np.abs(samples).max() > 3000 and chunk.synthesis_seconds > 0
+    assert PiperSpeaker().speak("a\x00b").seconds > 0   # the phonemizer raised on the NUL byte
 
 
 def test_silero_vad_finds_two_turns_separated_by_silence(tmp_path) -> None:

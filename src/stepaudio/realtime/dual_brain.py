@@ -206,6 +206,11 @@ class DualBrain:
                 if segment > 0:
                     self._margin(segment, thoughts)
                 prompt = self.articulation_prompt(said_ids, thoughts)
+                room = self.engine.engine.max_model_len - len(prompt)
+                if room < 1:   # thoughts and speech fill the context: the answer ends as if at its limit
+                    self.result.finish_reason = "length"
+                    break
+                cap = min(cap, room)
                 self.launches.append(Launch(segment, prompt, thoughts, complete, time.perf_counter()))
                 seed = None if self.params.seed is None else child_seed(self.params.seed, segment + 1)
                 params = replace(self.params, max_tokens=cap, thinking="on", max_thinking_tokens=None, stop=[],

@@ -8,6 +8,7 @@ voice never spells digits or skips symbols and the transcript we send stays the 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _OPERATORS = {"+": "plus", "-": "minus", "\u2212": "minus", "*": "times", "\u00d7": "times", "x": "times",
               "/": "divided by", "\u00f7": "divided by", "=": "equals", "^": "to the power of"}
@@ -33,7 +34,10 @@ def _say_number(match: re.Match[str]) -> str:
 
 
 def spoken_form(text: str) -> str:
-    """What the voice should say for `text`: operators between numbers, numbers and a few symbols as words."""
+    """What the voice should say for `text`: operators between numbers, numbers and a few symbols as words.
+    Control and other non-printing characters become spaces: a model can emit a NUL byte, which the
+    phonemizer refuses (and nothing is said for them anyway)."""
+    text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
     text = _BETWEEN_NUMBERS.sub(lambda m: f" {_OPERATORS[m.group(1)]} ", text)
     text = _NUMBER.sub(_say_number, text)
     for symbol, words in _LONE_SYMBOLS.items():
