@@ -199,13 +199,22 @@ def test_server_vad_splits_two_turns_separated_by_silence(server: str, question:
     assert "response.created" not in kinds
 
 
-def test_unknown_model_and_missing_key_are_refused(reference) -> None:  # noqa: F811
+def test_unknown_model_and_missing_key_are_refused(reference, tmp_path: Path, capsys) -> None:  # noqa: F811
+    from stepaudio.cli import main
+
     websockets = pytest.importorskip("websockets")
     with running_server(reference, api_key="secret") as url:
         with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
             RealtimeClient(realtime_url(url + "/v1", MODEL))
         assert refused.value.response.status_code == 401   # with an OpenAI error body saying why
         assert json.loads(refused.value.response.body)["error"]["code"] == "invalid_api_key"
+        wav = tmp_path / "q.wav"
+        sf.write(wav, np.zeros(1600, dtype=np.float32), 16000)
+        assert main(["talk", "--api-base", url + "/v1", "--audio", str(wav), "--out", str(tmp_path / "r.wav"),
+                     "--api-key", "wrong"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("stepaudio talk: error: the server refused") and "HTTP 401" in err
+        assert "\n" not in err   # one line, no traceback
         with RealtimeClient(realtime_url(url + "/v1", "other-model"), api_key="secret") as client:
             assert client.recv()["error"]["code"] == "model_not_found"
         with RealtimeClient(realtime_url(url + "/v1", MODEL), api_key="secret") as client:

@@ -4,6 +4,7 @@ and the timeline of the turn printed (speech end, first thought, first audio, do
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -29,14 +30,30 @@ def check_args(args: argparse.Namespace) -> Pacing:
                   args.max_response_tokens)
 
 
+def connected(url: str, api_key: str | None):
+    """The client, or one ConnectionError line saying why the server refused it (401, 503, ...)."""
+    from websockets.exceptions import InvalidStatus
+
+    from .client import RealtimeClient
+
+    try:
+        return RealtimeClient(url, api_key=api_key)
+    except InvalidStatus as e:
+        try:
+            reason = json.loads(e.response.body)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = (e.response.body or b"").decode("utf-8", "replace").strip() or e.response.reason_phrase
+        raise ConnectionError(f"the server refused {url}: HTTP {e.response.status_code}: {reason}") from None
+
+
 def run_talk(args: argparse.Namespace) -> None:
     pacing = check_args(args)
-    from .client import RealtimeClient, pcm16_24k, realtime_url  # websockets: the realtime extra
+    from .client import pcm16_24k, realtime_url  # websockets: the realtime extra
     from .tts import OUTPUT_RATE
 
     question = pcm16_24k(load_audio(args.audio), SAMPLE_RATE)
     with model_endpoint(args) as (api_base, _):
-        with RealtimeClient(realtime_url(api_base), api_key=args.api_key) as client:
+        with connected(realtime_url(api_base), args.api_key) as client:
             client.configure(schedule=pacing.schedule, think_segment_tokens=pacing.think_segment_tokens,
                              response_segment_tokens=pacing.response_segment_tokens,
                              max_thinking_tokens=pacing.max_thinking_tokens,
