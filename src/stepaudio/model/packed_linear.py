@@ -10,6 +10,7 @@ so memory does not grow, except for a tied LM head whose weight the embedding st
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -26,7 +27,24 @@ class PackedLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+        rows = x.numel() // self.in_features
+        padded = bucketed_rows(rows)
+        if padded == rows:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+        flat = F.pad(x.reshape(rows, self.in_features), (0, 0, 0, padded - rows))
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed_weight, self.bias, "none", [], "")[:rows]
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def bucketed_rows(rows: int) -> int:
+    """The row count a packed product runs at. oneDNN keeps memory for every input shape it has run (a
+    process that prefilled prompts of many lengths grew by hundreds of MB, docs/RELIABILITY.md fix 15), so
+    prefill rows are padded up to one of 8 sizes per octave (at most 1/8 more work); up to 64 rows (decode
+    batches) run as they are."""
+    if rows <= 64:
+        return rows
+    step = 1 << (rows.bit_length() - 4)
+    return -(-rows // step) * step
 
 
 def can_pack(weight: torch.Tensor) -> bool:
