@@ -110,15 +110,19 @@ def split_stream(chunks: Iterable[Any], server_splits_reasoning: bool | None = N
     yield from splitter.finish()
 
 
+def error_message(body: bytes | str, limit: int = 200) -> str:
+    """The `error.message` of an OpenAI-style error body; else the body's first `limit` characters."""
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return (body.decode("utf-8", "replace") if isinstance(body, bytes) else body)[:limit]
+
+
 def _raise_for_error(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     response.read()
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:200]
-    raise ServerError(f"HTTP {response.status_code}: {message}")
+    raise ServerError(f"HTTP {response.status_code}: {error_message(response.content)}")
 
 
 def stream_chat(api_base: str, payload: dict[str, Any], api_key: str | None = None,

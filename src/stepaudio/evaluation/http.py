@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from ..client import error_message
+
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
@@ -25,13 +27,6 @@ def _wait_seconds(attempt: int, response: httpx.Response | None, base: float, ca
     return min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2)
 
 
-def _message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:300]
-
-
 def post_json(url: str, payload: dict[str, Any], api_key: str | None = None, timeout: float = 600.0,
               retries: int = 5, backoff: float = 1.0, max_wait: float = 60.0) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -45,7 +40,7 @@ def post_json(url: str, payload: dict[str, Any], api_key: str | None = None, tim
         else:
             if response.status_code < 400:
                 return response.json()
-            last = f"HTTP {response.status_code}: {_message(response)}"
+            last = f"HTTP {response.status_code}: {error_message(response.content, limit=300)}"
             if response.status_code not in RETRY_STATUS:
                 raise RequestFailed(last)
         if attempt < retries:

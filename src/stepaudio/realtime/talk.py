@@ -4,7 +4,6 @@ and the timeline of the turn printed (speech end, first thought, first audio, do
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import soundfile as sf
 
 from ..audio.io import SAMPLE_RATE, load_audio
 from ..cli_args import require_path
+from ..client import error_message
 from ..endpoint import check_endpoint, model_endpoint
 from ..extras import require_extra
 from .pacing import Pacing
@@ -39,10 +39,7 @@ def connected(url: str, api_key: str | None):
     try:
         return RealtimeClient(url, api_key=api_key)
     except InvalidStatus as e:
-        try:
-            reason = json.loads(e.response.body)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            reason = (e.response.body or b"").decode("utf-8", "replace").strip() or e.response.reason_phrase
+        reason = error_message(e.response.body or b"").strip() or e.response.reason_phrase
         raise ConnectionError(f"the server refused {url}: HTTP {e.response.status_code}: {reason}") from None
 
 
