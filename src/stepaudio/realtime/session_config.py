@@ -97,8 +97,7 @@ class SessionConfig:
                 _integer(ours["seed"], "session.stepaudio.seed", -(2**63), 2**63 - 1)  # a torch generator's range
             changes["seed"] = ours["seed"]
         if "ignore_eos" in ours:
-            if not isinstance(ours["ignore_eos"], bool):
-                raise SessionError("ignore_eos must be a boolean", "session.stepaudio.ignore_eos")
+            _boolean(ours["ignore_eos"], "session.stepaudio.ignore_eos")
             changes["ignore_eos"] = ours["ignore_eos"]
         return replace(self, **changes)
 
@@ -116,11 +115,15 @@ def _object(value: Any, param: str) -> dict[str, Any]:
     return value
 
 
-def _integer(value: Any, param: str, low: int, high: int) -> int:
+def _integer(value: Any, param: str, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise SessionError(f"{param.rsplit('.', 1)[-1]} must be an integer in [{low}, {high}], got {value!r}",
                            param)
-    return value
+
+
+def _boolean(value: Any, param: str) -> None:
+    if not isinstance(value, bool):
+        raise SessionError(f"{param.rsplit('.', 1)[-1]} must be true or false", param)
 
 
 def _check_format(fmt: Any, param: str) -> None:
@@ -147,6 +150,5 @@ def _turn_detection(value: Any) -> dict[str, Any] | None:
     _integer(merged["silence_duration_ms"], param + ".silence_duration_ms", 50, 10000)
     _integer(merged["prefix_padding_ms"], param + ".prefix_padding_ms", 0, 10000)
     for flag in ("create_response", "interrupt_response"):
-        if not isinstance(merged[flag], bool):
-            raise SessionError(f"turn_detection.{flag} must be true or false", f"{param}.{flag}")
+        _boolean(merged[flag], f"{param}.{flag}")
     return merged
