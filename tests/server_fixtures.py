@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,17 @@ def metric(url: str, name: str) -> float:
     """A metric's value from /metrics: the sum over its label sets ('name{' or 'name ' lines)."""
     lines = httpx.get(url + "/metrics").text.splitlines()
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith((name + "{", name + " ")))
+
+
+def wait_idle(url: str, also: Callable[[], bool] = lambda: True, seconds: float = 15) -> None:
+    """Until the engine holds no request and no KV block (aborts are applied between engine steps) and
+    `also()` holds."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if metric(url, "vllm:num_requests_running") == 0 and metric(url, "vllm:kv_cache_usage_perc") == 0 and also():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the engine still holds requests or KV blocks, or the server is not done")
 
 
 def free_port() -> int:

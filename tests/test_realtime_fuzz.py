@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import os
 
 import httpx
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
-from server_fixtures import MODEL, metric, reference, running_server  # noqa: F401  (fixtures)
+from server_fixtures import MODEL, reference, running_server, wait_idle  # noqa: F401  (fixtures)
 
 pytest.importorskip("piper")
 pytest.importorskip("websockets")
@@ -133,11 +132,7 @@ frame = event.map(json.dumps) | st.text(max_size=40) | st.binary(max_size=40)
 def url(reference):  # noqa: F811
     with running_server(reference, engine_options={"max_model_len": 512, "max_num_seqs": 4}) as base:
         yield base
-        for _ in range(300):   # aborts are applied between engine steps
-            if metric(base, "vllm:num_requests_running") == 0 and metric(base, "vllm:kv_cache_usage_perc") == 0:
-                break
-            time.sleep(0.05)
-        assert metric(base, "vllm:num_requests_running") == 0 and metric(base, "vllm:kv_cache_usage_perc") == 0
+        wait_idle(base)
         assert httpx.get(base + "/health").status_code == 200
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
-from server_fixtures import MODEL, metric, reference, running_server  # noqa: F401  (fixtures)
+from server_fixtures import MODEL, metric, reference, running_server, wait_idle  # noqa: F401  (fixtures)
 from stepaudio.realtime.client import RealtimeClient, pcm16_24k, realtime_url
 
 pytest.importorskip("piper")
@@ -51,15 +50,6 @@ def events_until(client: RealtimeClient, kind: str) -> list[dict]:
         seen.append(client.recv(timeout=120))
         if seen[-1]["type"] == kind:
             return seen
-
-
-def wait_idle(url: str) -> None:
-    """Until the engine holds no request and no KV block (aborts are applied between engine steps)."""
-    for _ in range(300):
-        if metric(url, "vllm:num_requests_running") == 0 and metric(url, "vllm:kv_cache_usage_perc") == 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the engine still holds requests or KV blocks")
 
 
 def test_our_client_gets_the_spoken_answer_and_the_thinking(server: str, question: bytes) -> None:

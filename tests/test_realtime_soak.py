@@ -8,27 +8,25 @@ from __future__ import annotations
 import base64
 import itertools
 import os
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
-from server_fixtures import MODEL, metric, reference, running_server  # noqa: F401  (fixtures)
+from server_fixtures import MODEL, metric, reference, running_server, tone, wait_idle  # noqa: F401  (fixtures)
 
 pytest.importorskip("piper")
-websockets = pytest.importorskip("websockets")
+pytest.importorskip("websockets")
 from stepaudio.realtime.client import RealtimeClient, pcm16_24k, realtime_url  # noqa: E402  (needs websockets)
 
 SESSIONS = int(os.environ.get("STEPAUDIO_RT_SOAK_SESSIONS", "40"))
 SHORT = {"schedule": "speak-first", "temperature": 1.0, "think_segment_tokens": 6, "response_segment_tokens": 6,
          "max_thinking_tokens": 12, "max_response_tokens": 12}
 ENDLESS = {**SHORT, "ignore_eos": True, "max_thinking_tokens": 100000, "max_response_tokens": 100000}
-TONE = pcm16_24k((0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32), 16000)
+TONE = pcm16_24k(tone(1.0), 16000)
 KINDS = ("text", "cancel", "leave", "audio")
 EXPECTED_STATUS = {"text": "completed", "cancel": "cancelled", "leave": None, "audio": "completed"}
 
@@ -83,11 +81,8 @@ def test_many_sessions_end_cleanly_and_leave_nothing_behind(reference) -> None: 
             assert status == EXPECTED_STATUS[kind], (kind, status)
         seen = Counter(status for _, status in outcomes)
         seen["cancelled"] += seen.pop(None, 0)               # a session left mid-answer cancels its response
-        for _ in range(600):                                  # the last sessions close and abort
-            if metric(base, "stepaudio:realtime_sessions") == 0 and metric(base, "vllm:kv_cache_usage_perc") == 0 \
-                    and sum(responses_by_status(base).values()) == SESSIONS:
-                break
-            time.sleep(0.05)
+        wait_idle(base, lambda: metric(base, "stepaudio:realtime_sessions") == 0   # the last sessions close
+                  and sum(responses_by_status(base).values()) == SESSIONS, seconds=30)
         assert responses_by_status(base) == dict(seen)
         assert metric(base, "stepaudio:realtime_sessions") == 0
         assert metric(base, "vllm:num_requests_running") == 0 and metric(base, "vllm:num_requests_waiting") == 0
