@@ -7,6 +7,7 @@ bench_serving.py's. The ratio is vLLM / ours per concurrency level, measured in 
 
     .venv/bin/python benchmarks/bench_vllm_plugin.py                       # random 256-wide, 4 layers
     .venv/bin/python benchmarks/bench_vllm_plugin.py --hidden-size 512 --layers 8 --concurrency 1 8
+    .venv/bin/python benchmarks/bench_vllm_plugin.py --model ~/.cache/stepaudio/default-model-v1-*   # 0.5B
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VLLM = ROOT / ".venv-vllm" / "bin" / "vllm"
 
 
-def start_vllm(model_dir: Path, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
-    template = model_dir / "r1.jinja"
+def start_vllm(model_dir: Path, port: int, args: argparse.Namespace, log: Path, work: Path) -> subprocess.Popen:
+    template = work / "r1.jinja"  # beside the run, never inside the user's checkpoint folder
     template.write_text(R1_CHAT_TEMPLATE)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(args.vllm_kv_gb),
            "PYTHONPATH": str(ROOT / "src")}
@@ -70,6 +71,8 @@ def machine() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None,
+                   help="a checkpoint folder to serve (e.g. the default model, 0.5B); default: a random one")
     p.add_argument("--hidden-size", type=int, default=256, help="4 heads: head_dim = hidden / 4 (vLLM CPU: >= 32)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
@@ -84,15 +87,18 @@ def main() -> None:
     args.device, args.dtype = "cpu", "float32"
     if not VLLM.exists():
         sys.exit(f"{VLLM} not found: run `bash scripts/setup_vllm.sh` first")
+    if args.model is not None and not (args.model / "config.json").is_file():
+        sys.exit(f"--model {args.model}: no config.json there, not a checkpoint folder")
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = readable_random_checkpoint(Path(tmp) / "model", args.hidden_size, args.layers)
+        model_dir = args.model or readable_random_checkpoint(Path(tmp) / "model", args.hidden_size, args.layers)
         print("stepaudio serve:", file=sys.stderr)
         port = free_port()
         ours = measure(start_server(model_dir, port, args), port, args)
         print("vllm serve + plugin:", file=sys.stderr)
         port = free_port()
-        theirs = measure(start_vllm(model_dir, port, args, args.vllm_log), port, args)
-    print(f"machine: {machine()}; model: random, hidden {args.hidden_size}, {args.layers} layers, fp32; "
+        theirs = measure(start_vllm(model_dir, port, args, args.vllm_log, Path(tmp)), port, args)
+    described = f"{args.model}" if args.model else f"random, hidden {args.hidden_size}, {args.layers} layers"
+    print(f"machine: {machine()}; model: {described}, fp32; "
           f"{args.audio_seconds:g} s audio + text per request, {args.max_tokens} output tokens (streamed)")
     print("| streams | server | req/s | output tok/s | TTFT p50 ms | ITL p50 / p99 ms | TPOT p50 ms | E2EL p50 ms | "
           "vLLM / ours req/s |")

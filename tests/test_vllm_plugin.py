@@ -21,7 +21,7 @@ from server_fixtures import audio_part, free_port, serve_command, tone, wav_byte
 from stepaudio.engine.llm import LLM
 from stepaudio.engine.sampling import SamplingParams
 from stepaudio.model.tiny import write_tiny_checkpoint
-from stepaudio.text.chat_template import R1_CHAT_TEMPLATE
+from stepaudio.text.chat_template import R1_CHAT_TEMPLATE, render_chat
 from stepaudio.text.reasoning import split_reasoning
 from stepaudio.text.tools import ToolCallParser
 
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(not (VLLM_BIN / "vllm").exists(),
 # vLLM on a CPU: offline, a 1 GiB KV cache, and the plugin from this checkout.
 VLLM_SETTINGS = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(ROOT / "src")}
 
-AUDIO_SECONDS = (0.5, 1.0, 10.0, 25.0)
+AUDIO_SECONDS = (0.5, 1.0, 10.0, 25.0, 40.0)  # 40 s: two chunks (25 + 15 s) of one item
 
 
 def flatten_config(model_dir: Path) -> Path:
@@ -78,16 +78,17 @@ def question(*audio: dict, text: str = "What do you hear?") -> list[dict]:
 
 
 def test_offline_llm_matches_our_engine_nested_and_flat(checkpoints, reference, clips, tmp_path):
-    """vLLM's offline LLM: the same expanded prompt tokens (0.5/1/10/25 s audio) and greedy tokens."""
+    """vLLM's offline LLM: the same expanded prompt tokens (0.5/1/10/25/40 s audio) and greedy tokens."""
     conversations = [question({"type": "audio", "audio": str(p)}) for p in clips]
     conversations.append(question({"type": "audio", "audio": str(clips[1])}, {"type": "audio", "audio": str(clips[0])},
                                   text="Which is longer?"))
     prepared = [reference.prepare(c) for c in conversations]
     want = reference.generate(prepared, SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True))
     audio_paths = [[str(p)] for p in clips] + [[str(clips[1]), str(clips[0])]]
+    # vLLM's prompt has one placeholder per audio item; ours already has one per 25 s chunk.
     job = {"models": [str(checkpoints["nested"]), str(checkpoints["flat"])], "max_tokens": MAX_TOKENS,
            "max_model_len": MAX_MODEL_LEN,
-           "prompts": [{"prompt": p.prompt, "audio": a} for p, a in zip(prepared, audio_paths)]}
+           "prompts": [{"prompt": render_chat(c), "audio": a} for c, a in zip(conversations, audio_paths)]}
     (tmp_path / "job.json").write_text(json.dumps(job))
     run = subprocess.run([str(VLLM_BIN / "python"), str(WORKERS / "offline_generate.py"), str(tmp_path / "job.json")],
                          env={**os.environ, **VLLM_SETTINGS, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
@@ -100,8 +101,9 @@ def test_offline_llm_matches_our_engine_nested_and_flat(checkpoints, reference, 
         got = result["results"]
         assert [g["prompt_token_ids"] for g in got] == [p.token_ids for p in prepared]
         assert [g["token_ids"] for g in got] == [w.completions[0].token_ids for w in want]
-    # The counts themselves, as the official formula gives them: 0.5 s -> 7, 1 s -> 13, 10 s -> 125, 25 s -> 313.
-    assert [p.audio_tokens[0] for p in prepared[:4]] == [7, 13, 125, 313]
+    # The counts themselves, as the official formula gives them: 0.5 s -> 7, 1 s -> 13, 10 s -> 125, 25 s -> 313,
+    # and 40 s -> a 25 s chunk and a 15 s chunk.
+    assert [p.audio_tokens for p in prepared[:5]] == [[7], [13], [125], [313], [313, 188]]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,7 @@ def client(vllm_server) -> OpenAI:
 
 
 def test_serve_answers_the_official_client_as_our_engine(client, reference, clips):
-    """Prompt token counts for 0.5/1/10/25 s audio, and the greedy text (all reasoning: the prompt opens <think>)."""
+    """Prompt token counts for 0.5/1/10/25/40 s audio, and the greedy text (all reasoning: the prompt opens <think>)."""
     for path in clips:
         messages = question(audio_part(path.read_bytes()))
         want = reference.chat([messages], SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True))[0]
@@ -188,12 +190,12 @@ def test_reasoning_and_tool_calls_in_the_openai_fields(client, clips, reference)
 
 
 def test_bad_audio_gets_a_4xx_and_the_server_stays_up(client, clips):
-    """An item over the encoder's 29.98 s is refused with an OpenAI error body; the next request still works."""
-    long_clip = wav_bytes(tone(31.0))
-    with pytest.raises(Exception) as err:
-        client.chat.completions.create(model="tiny", messages=question(audio_part(long_clip)), max_tokens=2)
-    assert 400 <= getattr(err.value, "status_code", 0) < 500, err.value
+    """Audio that cannot fit the context, or is not audio, is refused with an OpenAI error body; the next request
+    still works."""
+    for bad in (wav_bytes(tone(90.0)), b"RIFF not really a wav file"):
+        with pytest.raises(Exception) as err:
+            client.chat.completions.create(model="tiny", messages=question(audio_part(bad)), max_tokens=2)
+        assert 400 <= getattr(err.value, "status_code", 0) < 500, err.value
     ok = client.chat.completions.create(model="tiny", messages=question(audio_part(clips[0].read_bytes())),
                                         max_tokens=2)
     assert ok.usage.completion_tokens >= 1
-

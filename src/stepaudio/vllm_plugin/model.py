@@ -63,14 +63,19 @@ class StepAudio2ForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        mels, lens = kwargs.get("audio_mels"), kwargs.get("audio_lens")
+        """One embedding tensor per audio item: its 25 s chunks encoded one by one, then joined in order."""
+        mels, chunk_lens, chunks = (kwargs.get(k) for k in ("audio_mels", "audio_chunk_lens", "audio_chunks"))
         if mels is None:
             return []
-        lens = [int(n) for n in torch.as_tensor(lens).flatten()] if not isinstance(lens, list) else \
-            [int(n) for n in lens]
-        if isinstance(mels, torch.Tensor):
-            mels = torch.split(mels, lens)
-        return tuple(self.encode_audio([m.T for m in mels]))
+        if not isinstance(mels, torch.Tensor):
+            mels = torch.cat(list(mels))
+        chunk_lens, chunks = (_int_list(x) for x in (chunk_lens, chunks))
+        embeds = self.encode_audio([m.T for m in torch.split(mels, chunk_lens)])
+        out, at = [], 0
+        for n in chunks:
+            out.append(torch.cat(embeds[at:at + n]))
+            at += n
+        return tuple(out)
 
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
                 intermediate_tensors: IntermediateTensors | None = None,
@@ -84,3 +89,10 @@ class StepAudio2ForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
+
+
+def _int_list(values: object) -> list[int]:
+    """A batched or flat vLLM field (one tensor, or a list of tensors or numbers) as a flat list of ints."""
+    if isinstance(values, torch.Tensor):
+        return [int(v) for v in values.flatten()]
+    return [int(v) for value in values for v in torch.as_tensor(value).flatten()]
