@@ -119,3 +119,33 @@ def test_a_run_can_start_from_an_earlier_delta(tmp_path):
     with pytest.raises(ValueError, match="LoRA rank 2"):
         AlignModel(_assembly(), AlignConfig(out=tmp_path / "c", lora_rank=4, init_delta=earlier,
                                             adapter_hidden=_assembly().config.audio.adapter_hidden))
+
+
+def test_encoder_lora_trains_the_top_blocks_and_assembles_into_them(tmp_path):
+    """With encoder_lora_blocks=1 the last encoder block gets LoRA pairs that learn (gradients flow through
+    the encoder) and merge into its weights at assembly; the blocks below and a run without it stay frozen."""
+    assembly = _assembly()
+    top = len(_blocks(assembly)) - 1
+    delta = _run(_config(tmp_path, steps=4, lr_lora=3e-2, encoder_lora_blocks=1))
+    tensors, metadata = read_delta(delta)
+    encoder_pairs = sorted(k for k in tensors if k.startswith("encoder.") and k.endswith(".lora_A"))
+    assert encoder_pairs and all(k.startswith(f"encoder.blocks.{top}.") for k in encoder_pairs)
+    assert len(encoder_pairs) == 6  # query, key, value, out and the MLP's two linears
+    assert any(tensors[k.replace("lora_A", "lora_B")].abs().sum() > 0 for k in encoder_pairs)
+    before = {k: v.clone() for k, v in assembly.state.items()}
+    apply_delta(assembly, tensors, metadata)
+    changed = {k for k in before if not torch.equal(before[k], assembly.state[k]) and k.startswith("encoder.")}
+    assert changed == {k.replace("lora_A", "weight") for k in encoder_pairs}
+
+
+def test_encoder_lora_blocks_out_of_range_is_refused(tmp_path):
+    import pytest
+
+    from stepaudio.train.align import AlignModel
+
+    with pytest.raises(ValueError, match="encoder_lora_blocks must be"):
+        AlignModel(_assembly(), _config(tmp_path, steps=1, encoder_lora_blocks=len(_blocks(_assembly())) + 1))
+
+
+def _blocks(assembly: Assembly) -> list[str]:
+    return sorted({k.split(".")[2] for k in assembly.state if k.startswith("encoder.blocks.")})

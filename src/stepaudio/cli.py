@@ -209,6 +209,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--lr-adapter", type=positive_float, help="adaptor learning rate")
     a.add_argument("--lr-lora", type=positive_float, help="LoRA learning rate")
     a.add_argument("--lora-rank", type=positive_int, help="LoRA rank (alpha is twice the rank)")
+    a.add_argument("--encoder-lora-blocks", type=non_negative_int,
+                   help="also train LoRA pairs on this many top Whisper encoder blocks (0: encoder frozen)")
     a.add_argument("--seed", type=int, help="seed of the data and the initialisation")
     a.add_argument("--save-every", type=positive_int, help="steps between resumable checkpoints")
     a.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
@@ -241,7 +243,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 ALIGN_OPTIONS = ("steps", "ctc_clips", "ctc_epochs", "listening_drill_steps", "generated_questions",
                  "generated_sentences", "arithmetic_questions", "batch_size", "lr_adapter", "lr_lora", "lora_rank",
-                 "seed", "save_every", "threads", "init_delta", "decoder_dtype")
+                 "encoder_lora_blocks", "seed", "save_every", "threads", "init_delta", "decoder_dtype")
 
 
 def _run_train_align(args: argparse.Namespace) -> None:

@@ -56,6 +56,9 @@ class AlignConfig:
     warmup: int = 30
     lora_rank: int = 8
     lora_alpha: float = 16.0
+    # LoRA pairs (same rank) on the top N Whisper encoder blocks too: the one lever that moved held-out
+    # reading in the CTC proxy (docs/DEFAULT_MODEL.md). 0: the encoder stays frozen.
+    encoder_lora_blocks: int = 0
     adapter_hidden: int = ADAPTER_HIDDEN
     # Start from an earlier delta (its adaptor before the CTC warm-up, its LoRA pairs before the decoder
     # stage) instead of from scratch: a longer recipe can build on a committed model.
@@ -118,6 +121,7 @@ class AlignModel:
         model.lm_head.to(self.dtype)
         model.adapter.requires_grad_(True)
         self.lora = attach_lora(model, cfg.lora_rank, cfg.lora_alpha)
+        self.lora.update(attach_encoder_lora(model, cfg))
         if cfg.init_delta is not None:
             pairs = {k: v.float() for k, v in read_delta_checked(cfg).items() if ".lora_" in k}
             unknown = model.load_state_dict(pairs, strict=False).unexpected_keys
@@ -137,7 +141,7 @@ class AlignModel:
         model = self.model
         audio = None
         if batch.mels:
-            with torch.no_grad():
+            with torch.set_grad_enabled(self.cfg.encoder_lora_blocks > 0):  # the frozen encoder keeps no graph
                 feats = [model.encode_features(m) for m in batch.mels]
             audio = torch.cat([model.adapt(f, n) for f, n in feats])
         positions = torch.arange(batch.input_ids.shape[1])[None].expand_as(batch.input_ids)
@@ -170,6 +174,21 @@ class AlignModel:
     def delta_metadata(self) -> dict[str, str]:
         return {"format": DELTA_FORMAT, "lora_rank": str(self.cfg.lora_rank), "lora_alpha": str(self.cfg.lora_alpha),
                 "adapter_hidden": str(self.cfg.adapter_hidden)}
+
+
+ENCODER_LORA_TARGETS = ("query", "key", "value", "out", "0", "2")  # attention, then the MLP's two linears
+
+
+def attach_encoder_lora(model: StepAudioForCausalLM, cfg: AlignConfig) -> dict:
+    """LoRA pairs on the top `cfg.encoder_lora_blocks` encoder blocks (fp32, like the encoder)."""
+    n_blocks = len(model.encoder.blocks)
+    if not 0 <= cfg.encoder_lora_blocks <= n_blocks:
+        raise ValueError(f"encoder_lora_blocks must be 0..{n_blocks}, not {cfg.encoder_lora_blocks}")
+    wrapped = {}
+    for block in range(n_blocks - cfg.encoder_lora_blocks, n_blocks):
+        wrapped.update(attach_lora(model, cfg.lora_rank, cfg.lora_alpha, ENCODER_LORA_TARGETS,
+                                   under=f"encoder.blocks.{block}."))
+    return wrapped
 
 
 def read_delta_checked(cfg: AlignConfig) -> dict[str, torch.Tensor]:
