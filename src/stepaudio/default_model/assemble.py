@@ -120,7 +120,8 @@ def read_delta(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def apply_delta(assembly: Assembly, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Replace the adaptor and any stored rows, and merge the LoRA pairs into the decoder weights."""
+    """Replace the adaptor and any stored rows, and merge the LoRA pairs into the weights they adapt (the
+    decoder's, and the top encoder blocks' where `train align --encoder-lora-blocks` trained them)."""
     state = assembly.state
     for key, value in tensors.items():
         if key.startswith("adapter."):

@@ -1,4 +1,5 @@
-"""Low-rank adapters on the decoder's linear layers: trained by `stepaudio train align`, merged at assembly.
+"""Low-rank adapters on linear layers (the decoder's, optionally the top encoder blocks'): trained by
+`stepaudio train align`, merged at assembly.
 
 A LoRA pair (A [r, in], B [out, r]) adds `scale * B @ A` to a frozen weight, scale = alpha / r. Training
 wraps the layers in `LoRALinear`; assembly adds the same product to the stored weights, so the served
