@@ -84,7 +84,7 @@ def test_sigterm_drains_realtime_sessions(tiny_dir, tmp_path):  # noqa: F811
     done = {name: [e["response"] for e in events if e["type"] == "response.done"] for name, (events, _) in
             results.items()}
     assert done["idle"] == []
-    assert [r["status"] for r in done["short"]] == ["completed"]
+    assert [r["status"] for r in done["short"]] in (["completed"], ["incomplete"])  # ended or cut at 8 tokens
     assert [(r["status"], r["status_details"]["reason"]) for r in done["endless"]] == \
         [("cancelled", "server_shutting_down")]
     assert "SIGTERM: refusing new requests" in (tmp_path / "serve.log").read_text()

@@ -28,7 +28,8 @@ SHORT = {"schedule": "speak-first", "temperature": 1.0, "think_segment_tokens": 
 ENDLESS = {**SHORT, "ignore_eos": True, "max_thinking_tokens": 100000, "max_response_tokens": 100000}
 TONE = pcm16_24k(tone(1.0), 16000)
 KINDS = ("text", "cancel", "leave", "audio")
-EXPECTED_STATUS = {"text": "completed", "cancel": "cancelled", "leave": None, "audio": "completed"}
+ANSWERED = ("completed", "incomplete")   # incomplete: the answer reached max_response_tokens
+EXPECTED_STATUS = {"text": ANSWERED, "cancel": ("cancelled",), "leave": (None,), "audio": ANSWERED}
 
 
 def ask(client: RealtimeClient, kind: str) -> None:
@@ -78,7 +79,7 @@ def test_many_sessions_end_cleanly_and_leave_nothing_behind(reference) -> None: 
         with ThreadPoolExecutor(4) as pool:
             outcomes = list(pool.map(one_session, itertools.repeat(url), range(SESSIONS)))
         for kind, status in outcomes:
-            assert status == EXPECTED_STATUS[kind], (kind, status)
+            assert status in EXPECTED_STATUS[kind], (kind, status)
         seen = Counter(status for _, status in outcomes)
         seen["cancelled"] += seen.pop(None, 0)               # a session left mid-answer cancels its response
         wait_idle(base, lambda: metric(base, "stepaudio:realtime_sessions") == 0   # the last sessions close

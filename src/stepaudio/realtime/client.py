@@ -35,6 +35,7 @@ def pcm16_24k(wav: np.ndarray, sr: int) -> bytes:
 @dataclass
 class TurnResult:
     status: str = ""
+    status_details: dict[str, Any] | None = None   # e.g. why an answer is incomplete or cancelled
     transcript: str = ""
     thinking: str = ""
     audio: bytearray = field(default_factory=bytearray)
@@ -116,5 +117,6 @@ class RealtimeClient:
             elif kind == "response.done":
                 result.marks["done"] = now
                 result.status = event["response"]["status"]
+                result.status_details = event["response"].get("status_details")
                 result.metadata = event["response"].get("metadata") or {}
                 return result

@@ -422,6 +422,8 @@ class RealtimeSession:
                               responder.playback_end)
             await responder.run(brain)
             item.text = responder.spoken_text
+            if brain.result.finish_reason == "length":  # cut by max_output_tokens (or the context), as OpenAI
+                status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
         except asyncio.CancelledError:
             status, details = "cancelled", {"type": "cancelled", "reason": self._cancel_reason}
             item.text, played_ms = responder.played_text()
@@ -439,7 +441,7 @@ class RealtimeSession:
             status, details = "failed", {"type": "failed", "error": {"type": "server_error", "code": code}}
             await self.error(f"the answer failed: {type(e).__name__}: {e}", code, kind="server_error")
         item.spoken = [(s.chunk.text, s.chunk.seconds) for s in responder.sent]
-        if item.text or status == "completed":
+        if item.text or status in ("completed", "incomplete"):
             self.items.append(item)
         if not responder.sent:
             self.metrics.dropped_turns.labels(self.metrics.model_name).inc()

@@ -62,7 +62,9 @@ def run_talk(args: argparse.Namespace) -> None:
 
     sf.write(args.out, np.frombuffer(bytes(result.audio), dtype="<i2"), OUTPUT_RATE, subtype="PCM_16")
     marks = result.marks
-    print(f"schedule {pacing.schedule}: {result.status}, {result.audio_seconds:.1f} s of speech -> {args.out}")
+    reason = (result.status_details or {}).get("reason")
+    status = f"{result.status} ({reason})" if reason else result.status   # e.g. incomplete (max_output_tokens)
+    print(f"schedule {pacing.schedule}: {status}, {result.audio_seconds:.1f} s of speech -> {args.out}")
     print("  speech end (commit)   0.000 s")
     for label, key in (("first thought", "first_thought"), ("first audio", "first_audio"), ("done", "done")):
         print(f"  {label:<20} {marks[key]:6.3f} s" if key in marks else f"  {label:<20}      -")
