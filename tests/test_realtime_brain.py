@@ -147,3 +147,37 @@ def test_leaving_early_aborts_both_streams_and_frees_their_kv(llm: LLM, question
 
     asyncio.run(go())
     assert not engine.requests and engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_two_conversations_share_the_engines_decode_batches(llm: LLM, question) -> None:
+    """Both streams of two conversations are sequences of one engine: its decode steps batch them together
+    (what lets a server with several conversations keep batching), and every answer still completes."""
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(**ENGINE))
+    batches: list[set[str]] = []
+    decode = engine.runner.decode
+
+    def recording_decode(work):
+        batches.append({seq.request_id for seq in work.seqs})
+        return decode(work)
+
+    engine.runner.decode = recording_decode
+    pacing = Pacing("speak-first", 6, 5, 24, 24)
+
+    async def go():
+        shared = AsyncEngine(engine)
+        brains = [DualBrain(shared, question.token_ids, question.mels, pacing, PARAMS) for _ in range(2)]
+
+        async def drain(brain):
+            return [e async for e in brain.run()]
+
+        await asyncio.gather(*(drain(b) for b in brains))
+        return brains
+
+    brains = asyncio.run(go())
+    tags = [b._tag for b in brains]
+    widest = max(batches, key=len)
+    assert {rid.split("-")[1] for rid in widest} == {t.split("-")[1] for t in tags}, widest
+    assert any(rid.endswith("-think") for rid in widest) and any("-say" in rid for rid in widest), widest
+    assert len(widest) >= 3
+    assert all(b.result.said_text for b in brains)
+    assert not engine.requests and engine.blocks.num_free_blocks == engine.blocks.num_blocks
