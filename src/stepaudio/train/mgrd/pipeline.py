@@ -78,6 +78,7 @@ def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
         is_training = kind in ("distill", "rl", "dpo")
         merge_path = out / "merges" / f"{trained:02d}-{name}.pt"
         done = merge_path.is_file() if is_training else stats_path.is_file()
+        distributed.barrier()  # all ranks look before rank 0 writes this stage's files: they agree on `done`
         trained += is_training
         if done:
             results[name] = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
