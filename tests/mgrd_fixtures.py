@@ -19,9 +19,9 @@ def tiny_assembly() -> Assembly:
     return Assembly(config, state, tokenizer)
 
 
-def tiny_policy(out: Path, lr_lora: float = 1e-2, lr_adapter: float = 0.0) -> Policy:
+def tiny_policy(out: Path, lr_lora: float = 1e-2, lr_adapter: float = 0.0, parallel: str = "ddp") -> Policy:
     """A fresh policy whose LoRA pairs are drawn from seed 0 (as a run's first stage draws them)."""
-    policy = Policy(tiny_assembly(), 2, 4.0, "float32", lr_lora, lr_adapter, out)
+    policy = Policy(tiny_assembly(), 2, 4.0, "float32", lr_lora, lr_adapter, out, parallel)
     reset_lora(policy, 0)
     return policy
 

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -242,23 +244,31 @@ def test_sft_resume_gives_identical_state_and_merges_replay_exactly(tmp_path):
         assert torch.equal(x, y), k
 
 
+STAGE_FOLDERS = ("data", "evaluate_before", "distill_round0", "rl_round0", "dpo", "evaluate_after")
+MERGES = ["00-distill_round0.pt", "01-rl_round0.pt", "02-dpo.pt"]
+
+
+def _rewritten_by(rerun: Callable[[], object], out: Path) -> list[Path]:
+    """Files in the run folder that `rerun` touches, but the run's summary (redrawn on every run)."""
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    rerun()
+    rewritten = ("summary.json", "config.json", "sweep_before_after.png")
+    return [p for p in stamp if p.stat().st_mtime_ns != stamp[p] and p.name not in rewritten]
+
+
 def test_every_stage_runs_and_a_rerun_resumes_without_redoing_work(tmp_path):
     cfg = tiny_config_for(tmp_path / "run")
     summary = run_mgrd(cfg, progress=False, assembly=tiny_assembly())
     out = tmp_path / "run"
-    for folder in ("data", "evaluate_before", "distill_round0", "rl_round0", "dpo", "evaluate_after"):
+    for folder in STAGE_FOLDERS:
         assert (out / folder / "stats.json").is_file() and (out / folder / "stage.log").is_file(), folder
-    assert sorted(p.name for p in (out / "merges").glob("*.pt")) == ["00-distill_round0.pt", "01-rl_round0.pt",
-                                                                    "02-dpo.pt"]
+    assert sorted(p.name for p in (out / "merges").glob("*.pt")) == MERGES
     assert (out / "evaluate_before" / "sweep.png").is_file() and (out / "sweep_before_after.png").is_file()
     chains = json.loads((out / "distill_round0" / "chains.json").read_text())
     assert chains["stats"]["audio_chains"] == 2 * 2  # two audio items, K = 2 chains each
     assert set(summary["tasks"]) == {"higher", "count"} and "before" in summary["tasks"]["higher"]
     assert len((out / "distill_round0" / "log.jsonl").read_text().splitlines()) == 2
-    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    run_mgrd(cfg, progress=False, assembly=tiny_assembly())
-    rewritten = ("summary.json", "config.json", "sweep_before_after.png")  # the run's summary, redrawn each run
-    changed = [p for p in stamp if p.stat().st_mtime_ns != stamp[p] and p.name not in rewritten]
+    changed = _rewritten_by(lambda: run_mgrd(cfg, progress=False, assembly=tiny_assembly()), out)
     assert not changed, changed
 
 
@@ -281,6 +291,9 @@ def test_config_files_in_three_formats_and_clear_errors(tmp_path):
     (tmp_path / "bad2.toml").write_text('out = "r"\n[data]\ntasks = ["pitchh"]\n')
     with pytest.raises(ValueError, match="unknown task 'pitchh'"):
         load_config(tmp_path / "bad2.toml")
+    (tmp_path / "bad3.toml").write_text('out = "r"\nparallel = "zero"\n')
+    with pytest.raises(ValueError, match="parallel must be one of ddp, fsdp, not 'zero'"):
+        load_config(tmp_path / "bad3.toml")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     run = subprocess.run([sys.executable, "-m", "stepaudio", "train", "mgrd", "--config", str(tmp_path / "bad.toml")],
                          capture_output=True, text=True, env=env, timeout=120)
@@ -289,19 +302,60 @@ def test_config_files_in_three_formats_and_clear_errors(tmp_path):
 
 # ---------------------------------------------------------------- data parallel
 
-def test_torchrun_two_processes_give_the_one_process_update(tmp_path):
-    worker = Path(__file__).parent / "mgrd_ddp_worker.py"
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{Path(__file__).parent}", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt")], env=env, capture_output=True,
+WORKER = Path(__file__).parent / "mgrd_parallel_worker.py"
+WORKER_ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{Path(__file__).parent}", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict:
+    """The worker's tensors from one process (unwrapped: the reference for every parallel mode)."""
+    out = tmp_path_factory.mktemp("one") / "one.pt"
+    run = subprocess.run([sys.executable, str(WORKER), str(out), "ddp"], env=WORKER_ENV, capture_output=True,
                          text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
+    assert run.returncode == 0, run.stderr[-2000:]
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_processes_give_the_one_process_update(tmp_path, one_process, parallel):
+    """SFT steps (with a resume, clipping, and ranks whose share has no audio), the LoRA merge and the
+    engine's gathered weights: the same under `torchrun --nproc_per_node 2` as in one process."""
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                          "2", str(worker), str(tmp_path / "two.pt")], env=env, capture_output=True, text=True,
-                         timeout=300)
+                          "2", str(WORKER), str(tmp_path / "two.pt"), parallel], env=WORKER_ENV,
+                         capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
-    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    assert a["initial"].keys() == b["final"].keys()
+    a, b = one_process, torch.load(tmp_path / "two.pt")
+    assert a["held"] == a["numel"] == b["numel"]
+    assert b["held"] == b["numel"] if parallel == "ddp" else b["held"] < 0.6 * b["numel"]  # FSDP: rank 0's shards
+    assert a["initial"].keys() == b["final"].keys() == a["merge"].keys()
     moved = max(float((a["final"][k] - a["initial"][k]).abs().max()) for k in a["final"])
     assert moved > 1e-3
-    for k in a["final"]:
-        torch.testing.assert_close(a["final"][k], b["final"][k], rtol=1e-4, atol=1e-6)
+    for part in ("final", "merge", "folded"):
+        assert a[part].keys() == b[part].keys(), part
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-4, atol=1e-6)
+
+
+def test_torchrun_fsdp_runs_every_stage_from_the_command_line(tmp_path, tiny_dir):  # noqa: F811
+    """`torchrun --nproc_per_node 2 -m stepaudio train mgrd` with parallel = "fsdp" on a model folder: the
+    held-out evaluations, distillation, GRPO rollouts and DPO all run on the sharded policy, and a rerun
+    redoes nothing."""
+    cfg = asdict(tiny_config_for(tmp_path / "run", model=str(tiny_dir), parallel="fsdp"))
+    cfg["dpo"]["batch_size"] = 2  # each rank needs a share of every global batch
+    (tmp_path / "run.json").write_text(json.dumps(cfg, default=str))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "stepaudio", "train", "mgrd", "--config", str(tmp_path / "run.json"), "--no-progress"]
+
+    def run() -> None:
+        done = subprocess.run(command, env=WORKER_ENV, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run()
+    out = tmp_path / "run"
+    for folder in STAGE_FOLDERS:
+        assert (out / folder / "stats.json").is_file(), folder
+    assert sorted(p.name for p in (out / "merges").glob("*.pt")) == MERGES
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"before", "after"} <= set(summary["tasks"]["higher"])
+    changed = _rewritten_by(run, out)
+    assert not changed, changed

@@ -327,7 +327,7 @@ def run_steps(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, sa
         bar.update()
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save_training_state(state_path, step + 1, aligner.trainable_state(), optimizer)
+            save_training_state(state_path, step + 1, aligner.trainable_state(), optimizer.state_dict())
             write_delta(aligner, cfg.out / "align_delta.safetensors")
     bar.close()
     return write_delta(aligner, cfg.out / "align_delta.safetensors")

@@ -10,28 +10,35 @@ from pathlib import Path
 import torch
 
 
-def save_training_state(path: Path, step: int, trainable: dict[str, torch.Tensor],
-                        optimizer: torch.optim.Optimizer) -> None:
-    """Written through a temporary file and a rename: a kill never leaves a half-written state."""
+def save_training_state(path: Path, step: int, trainable: dict[str, torch.Tensor], optimizer: dict) -> None:
+    """`optimizer` is the optimizer's state dict. Written through a temporary file and a rename: a kill never
+    leaves a half-written state."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "trainable": trainable, "optimizer": optimizer.state_dict()}, tmp)
+    torch.save({"step": step, "trainable": trainable, "optimizer": optimizer}, tmp)
     tmp.replace(path)
+
+
+def load_training_state(path: Path, log_path: Path, total_steps: int) -> dict | None:
+    """The saved state (step, trainable tensors, optimizer state), None when `path` does not exist yet; the
+    log's records past its step (logged before a kill) are dropped."""
+    state = torch.load(path, weights_only=True) if path.is_file() else None
+    step = int(state["step"]) if state else 0
+    if state and step < total_steps:
+        print(f"stepaudio: resuming {path.parent} at step {step}/{total_steps}", file=sys.stderr)
+    _keep_log_until(log_path, step)
+    return state
 
 
 def resume_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, log_path: Path,
                           total_steps: int) -> int:
-    """The step to continue from (0 when `path` does not exist yet). The model's trainable tensors and the
-    optimizer are restored, and the log's records past that step (logged before a kill) are dropped."""
-    start = 0
-    if path.is_file():
-        state = torch.load(path, weights_only=True)
-        model.load_state_dict(state["trainable"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        if start < total_steps:
-            print(f"stepaudio: resuming {path.parent} at step {start}/{total_steps}", file=sys.stderr)
-    _keep_log_until(log_path, start)
-    return start
+    """The step to continue from (0 when `path` does not exist yet), with the model's trainable tensors and
+    the optimizer restored."""
+    state = load_training_state(path, log_path, total_steps)
+    if state is None:
+        return 0
+    model.load_state_dict(state["trainable"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
 
 
 def _keep_log_until(path: Path, step: int) -> None:

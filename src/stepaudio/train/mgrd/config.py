@@ -14,6 +14,13 @@ from typing import Any, get_type_hints
 from ..sounds import TASKS as SOUND_TASKS
 
 ESTIMATORS = ("grpo", "rloo", "mean")
+PARALLEL = ("ddp", "fsdp")
+
+
+def check_parallel(parallel: str) -> None:
+    """Refuse a data-parallel mode other than ddp or fsdp (before any model is loaded)."""
+    if parallel not in PARALLEL:
+        raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, not {parallel!r}")
 
 
 @dataclass
@@ -98,6 +105,10 @@ class MGRDConfig:
     save_every: int = 5
     sampler_kv_gb: float = 0.25      # KV cache of each sampling engine (rollouts are short)
     threads: int | None = None
+    # Under torchrun with more than one process: "ddp" keeps a whole copy of the model per rank (for a model
+    # that fits one device), "fsdp" shards it (FSDP2, per decoder layer) for one that does not. One process
+    # runs the model unwrapped either way.
+    parallel: str = "ddp"
     data: DataConfig = field(default_factory=DataConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -111,6 +122,7 @@ class MGRDConfig:
             raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(SOUND_TASKS)}")
         if self.rl.estimator not in ESTIMATORS:
             raise ValueError(f"rl.estimator must be one of {', '.join(ESTIMATORS)}, not {self.rl.estimator!r}")
+        check_parallel(self.parallel)
         if self.rl.kl != 0:
             raise ValueError("rl.kl: only 0 is implemented (the paper's setting)")
         if not 0 <= self.rl.filter_low <= self.rl.filter_high <= self.rl.filter_samples:

@@ -1,18 +1,28 @@
 """Data parallelism over torch.distributed: started by `torchrun`, gloo on CPU, nccl on GPU.
 
 Nothing home-made: the process group comes from torchrun's environment, gradients are averaged by
-DistributedDataParallel, and the few Python objects the ranks share (rollouts, counts) go through
-`all_gather_object` / `all_reduce`. Without torchrun every helper is the identity (one process).
+DistributedDataParallel or sharded by FSDP2 (`fully_shard`), whole tensors are read and written through
+torch.distributed.checkpoint's state-dict helpers, and the few Python objects the ranks share (rollouts,
+counts) go through `all_gather_object` / `all_reduce`. Without torchrun every helper is the identity (one
+process).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from .config import check_parallel
 
 
 def init_from_env() -> None:
@@ -60,12 +70,60 @@ def global_sum(value: float) -> float:
     return float(t.item())
 
 
-def wrap(module: nn.Module) -> nn.Module:
-    """DDP around `module` when there is more than one rank (some ranks' batches use no audio, so the
-    adaptor may go unused on one rank: find_unused_parameters)."""
+def wrap(module: nn.Module, parallel: str, layers: Sequence[nn.Module]) -> nn.Module:
+    """`module` made data-parallel when there is more than one rank (one process: `module` itself).
+
+    "ddp": a full copy per rank. "fsdp": FSDP2 shards each of `layers` (the decoder's, in order) as one unit,
+    gathered only while it runs, and `module` itself as the root holding the rest. Some ranks' batches use
+    no audio, so the adaptor may go unused on a rank: DDP's find_unused_parameters, FSDP2's zero gradients
+    for unused parameters.
+    """
+    check_parallel(parallel)
     if world()[1] == 1:
         return module
-    return nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+    if parallel == "ddp":
+        return nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+    mesh = init_device_mesh(next(module.parameters()).device.type, (world()[1],))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    layers[0].register_forward_pre_hook(_input_needs_grad, prepend=True)
+    fully_shard(module, mesh=mesh)
+    module.set_reduce_scatter_unused_params(True)
+    return module
+
+
+def _input_needs_grad(layer: nn.Module, args: tuple) -> tuple | None:
+    """FSDP2 reduce-scatters a layer's gradients when backward reaches its input, or at the end of backward
+    if the input needs no gradient. Without audio the first layer's input (token embeddings of a frozen
+    table) needs none, so on a rank with a text-only batch that layer would reduce out of turn with the
+    other ranks (a collective mismatch). Its input asks for a gradient on every rank instead."""
+    hidden = args[0]
+    if torch.is_grad_enabled() and not hidden.requires_grad:
+        return (hidden.detach().requires_grad_(), *args[1:])
+    return None
+
+
+def full_state(module: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """`module`'s state dict with every tensor whole (FSDP's shards gathered: a collective, so every rank
+    calls it); `trainable_only` leaves out the frozen parameters (and gathers none of them)."""
+    options = StateDictOptions(full_state_dict=True, ignore_frozen_params=trainable_only)
+    return get_model_state_dict(module, options=options)
+
+
+def load_full(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Write whole tensors (any subset of `module`'s state) into it, each rank keeping its shard under FSDP."""
+    set_model_state_dict(module, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state with whole tensors, keyed by parameter name (the same in every parallel mode,
+    so a stage saved under one world size resumes under another)."""
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restore `optimizer_state`'s result (each rank keeps its shards under FSDP)."""
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def barrier() -> None:

@@ -67,7 +67,7 @@ def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
 
         torch.set_num_threads(cfg.threads)
     policy = Policy(assembly, cfg.lora_rank, cfg.lora_alpha, cfg.decoder_dtype, cfg.sft.lr_lora, cfg.sft.lr_adapter,
-                    out)
+                    out, cfg.parallel)
     assembly.state.clear()  # the policy holds its own copy
     reset_lora(policy, merged)
     results: dict = {}
@@ -78,6 +78,7 @@ def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
         is_training = kind in ("distill", "rl", "dpo")
         merge_path = out / "merges" / f"{trained:02d}-{name}.pt"
         done = merge_path.is_file() if is_training else stats_path.is_file()
+        distributed.barrier()  # all ranks look before rank 0 writes this stage's files: they agree on `done`
         trained += is_training
         if done:
             results[name] = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
@@ -87,7 +88,7 @@ def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
         if kind == "data":
             stats = data_stage(cfg)
         elif kind.startswith("evaluate"):
-            stats = stages.evaluate(policy, cfg, folder, progress) if distributed.is_main() else {}
+            stats = stages.evaluate(policy, cfg, folder, progress)
         elif kind == "distill":
             policy.set_learning_rates(cfg.sft.lr_lora, cfg.sft.lr_adapter)
             stats = stages.distill_round(policy, cfg, int(name.rsplit("round", 1)[1]), folder, progress)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ...default_model.assemble import Assembly
 from ...engine.llm import LLM
-from ...model.lora import lora_tensors, merge_lora
+from ...model.lora import merge_lora
 from ...model.step_audio import StepAudioForCausalLM
 from ...text.tokenizer import StepTokenizer
 from ..align import AlignConfig, AlignModel, Batch
@@ -60,7 +60,7 @@ class LogprobModule(nn.Module):
 
 class Policy:
     def __init__(self, assembly: Assembly, lora_rank: int, lora_alpha: float, decoder_dtype: str,
-                 lr_lora: float, lr_adapter: float, out: Path):
+                 lr_lora: float, lr_adapter: float, out: Path, parallel: str = "ddp"):
         cfg = AlignConfig(out=out, lora_rank=lora_rank, lora_alpha=lora_alpha, decoder_dtype=decoder_dtype,
                           lr_lora=lr_lora, lr_adapter=lr_adapter, adapter_hidden=assembly.config.audio.adapter_hidden)
         self.config = assembly.config
@@ -68,16 +68,16 @@ class Policy:
         self.aligner = AlignModel(assembly, cfg)
         self.scale = lora_alpha / lora_rank
         self.set_learning_rates(lr_lora, lr_adapter)
-        self.module = distributed.wrap(LogprobModule(self.aligner))
+        self.module = distributed.wrap(LogprobModule(self.aligner), parallel, self.model.model.layers)
 
     def set_learning_rates(self, lr_lora: float, lr_adapter: float) -> None:
         """A stage's rates; the adaptor is optimised only where its rate is above zero (its parameters keep
-        requires_grad throughout: DDP fixes the set of gradients it averages when it wraps the model)."""
+        requires_grad throughout: DDP and FSDP fix the set of gradients they reduce when they wrap the model)."""
         self.aligner.cfg.lr_lora, self.aligner.cfg.lr_adapter = lr_lora, lr_adapter
         self.train_adapter = lr_adapter > 0
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-target-token log-probs and their rows (through DDP when data-parallel)."""
+        """Per-target-token log-probs and their rows (through DDP or FSDP when data-parallel)."""
         return self.module(batch)
 
     @property
@@ -89,28 +89,31 @@ class Policy:
         return groups if self.train_adapter else groups[1:]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
+        """This stage's trainable tensors, whole (a collective under FSDP: every rank calls it)."""
         keys = (".lora_",) + (("adapter.",) if self.train_adapter else ())
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items() if any(s in k for s in keys)}
+        return {k: v.detach().clone() for k, v in distributed.full_state(self.model, trainable_only=True).items()
+                if any(s in k for s in keys)}
 
     def merge_tensors(self) -> dict[str, torch.Tensor]:
         """What a finished stage stores: its LoRA pairs (fp32) and, if it trained it, the adaptor."""
-        tensors = {k: v.float().clone() for k, v in lora_tensors(self.aligner.lora).items()}
-        if self.train_adapter:
-            tensors.update({f"adapter.{k}": v.detach().float().clone()
-                            for k, v in self.model.adapter.state_dict().items()})
-        return tensors
+        return {k: v.float() for k, v in self.trainable_state().items()}
 
     def folded_state(self) -> dict[str, torch.Tensor]:
-        """The current weights in checkpoint naming with the LoRA pairs folded in (fp32)."""
-        state = {k.replace(".base.", "."): v.detach().float().clone() for k, v in self.model.state_dict().items()
-                 if ".lora_" not in k}
-        merge_lora(state, lora_tensors(self.aligner.lora), self.scale)
+        """The current weights in checkpoint naming with the LoRA pairs folded in (fp32; a collective under
+        FSDP: every rank calls it)."""
+        full = distributed.full_state(self.model)
+        state = {k.replace(".base.", "."): v.detach().float().clone() for k, v in full.items() if ".lora_" not in k}
+        merge_lora(state, {k: v for k, v in full.items() if ".lora_" in k}, self.scale)
         return state
 
     def sampler(self, **engine_options) -> LLM:
-        """An engine over the current policy (a separate fp32 copy: the engine prepacks its weights)."""
+        """An engine over the current policy (a collective under FSDP: every rank calls it)."""
+        return self.engine(self.folded_state(), **engine_options)
+
+    def engine(self, state: dict[str, torch.Tensor], **engine_options) -> LLM:
+        """An engine over `folded_state()`'s weights (a separate fp32 copy: the engine prepacks its weights)."""
         model = StepAudioForCausalLM(self.config)
-        model.load_state_dict(self.folded_state(), strict=True)
+        model.load_state_dict(state, strict=True)
         model.eval()
         return LLM.from_model(model, self.tokenizer, **engine_options)
 
@@ -139,12 +142,11 @@ def merge_in_place(policy: Policy, path: Path) -> None:
         torch.save(tensors, tmp)
         tmp.replace(path)
     distributed.barrier()
-    state = {f"{name}.weight": lora.base.weight.data for name, lora in policy.aligner.lora.items()}
-    lora = {k: v for k, v in tensors.items() if ".lora_" in k}
-    merge_lora(state, lora, policy.scale)
-    with torch.no_grad():
-        for name, module in policy.aligner.lora.items():
-            module.base.weight.data.copy_(state[f"{name}.weight"])
+    full = distributed.full_state(policy.model)
+    names = list(policy.aligner.lora)
+    state = {f"{name}.weight": full[f"{name}.base.weight"] for name in names}
+    merge_lora(state, {k: v for k, v in tensors.items() if ".lora_" in k}, policy.scale)
+    distributed.load_full(policy.model, {f"{name}.base.weight": state[f"{name}.weight"] for name in names})
     reset_lora(policy, len(merge_files(path.parent.parent)))
 
 
@@ -152,8 +154,10 @@ def reset_lora(policy: Policy, seed: int) -> None:
     """Fresh pairs (A uniform in +-1/sqrt(fan_in) as LoRA's kaiming init, B zero) drawn from `seed`: a
     stage starts from the same pairs whether the run went straight through or was resumed."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in policy.aligner.lora.values():
-            module.lora_B.zero_()
-            bound = 1 / math.sqrt(module.lora_A.shape[1])
-            module.lora_A.uniform_(-bound, bound, generator=generator)
+    fresh = {}
+    for name, module in policy.aligner.lora.items():
+        rank, fan_in = module.lora_A.shape
+        bound = 1 / math.sqrt(fan_in)
+        fresh[f"{name}.lora_A"] = torch.empty(rank, fan_in).uniform_(-bound, bound, generator=generator)
+        fresh[f"{name}.lora_B"] = torch.zeros(module.lora_B.shape)
+    distributed.load_full(policy.model, fresh)

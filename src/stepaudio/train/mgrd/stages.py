@@ -72,10 +72,14 @@ def heldout(cfg: MGRDConfig) -> list[GroundedItem]:
 
 
 def evaluate(policy: Policy, cfg: MGRDConfig, folder: Path, progress: bool = True) -> dict:
-    """Held-out accuracy per task at every thinking budget (greedy); the sweep report and plot."""
+    """Held-out accuracy per task at every thinking budget (greedy); the sweep report and plot. Every rank
+    calls it (under FSDP gathering the weights is a collective); rank 0 evaluates, the others return {}."""
+    weights = policy.folded_state()
+    if not distributed.is_main():
+        return {}
     items = write_eval_items(heldout(cfg), cfg.out / "heldout")
     store = ResultStore(folder / "results.jsonl")
-    backend = InProcessBackend(_sampler(policy, cfg))
+    backend = InProcessBackend(policy.engine(weights, kv_cache_memory_gb=cfg.sampler_kv_gb))
     budgets = parse_budgets(cfg.budgets)
     wanted = {(item.id, budget_key(b)) for item in items for b in budgets}  # not items of an earlier config
     records = [r for r in run_eval(items, backend, store, budgets, Sampling(cfg.eval_max_tokens, 0.0), 16,

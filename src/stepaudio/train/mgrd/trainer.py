@@ -3,7 +3,8 @@
 A stage gives `step_loss(step)`, which builds that step's global batch from the step number alone (so a
 rerun replays the same data) and returns this rank's share of the loss (its part of the sum over the global
 batch, divided by the global normaliser: the shares add up to the one-process loss) and a log record.
-The loop does the rest: learning rate, backward (DDP averages the gradients), clipping, AdamW, saving.
+The loop does the rest: learning rate, backward (DDP or FSDP averages the gradients), clipping, AdamW, saving
+(whole tensors, keyed by name, whatever the parallel mode).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..training_state import resume_training_state, save_training_state
+from ..training_state import load_training_state, save_training_state
 from . import distributed
 from .policy import Policy
 
@@ -28,6 +29,23 @@ def _lr_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / max(1, warmup))
 
 
+def _resume(policy: Policy, optimizer: torch.optim.Optimizer, state_path: Path, log_path: Path, steps: int) -> int:
+    """The step a stage continues from, with its saved tensors and optimizer state loaded (0: a fresh start)."""
+    saved = load_training_state(state_path, log_path, steps)
+    if saved is None:
+        return 0
+    distributed.load_full(policy.model, saved["trainable"])
+    distributed.load_optimizer_state(policy.model, optimizer, saved["optimizer"])
+    return int(saved["step"])
+
+
+def _save(policy: Policy, optimizer: torch.optim.Optimizer, state_path: Path, step: int) -> None:
+    """Every rank gathers (FSDP's shards are collectives); rank 0 writes."""
+    trainable, optimizer_state = policy.trainable_state(), distributed.optimizer_state(policy.model, optimizer)
+    if distributed.is_main():
+        save_training_state(state_path, step, trainable, optimizer_state)
+
+
 def train_steps(policy: Policy, step_loss: StepLoss, steps: int, folder: Path, desc: str, save_every: int = 5,
                 warmup: int = 0, progress: bool = True, max_grad_norm: float = 1.0) -> None:
     """Run (or resume) `steps` updates of `policy`; state and log live in `folder`."""
@@ -35,7 +53,7 @@ def train_steps(policy: Policy, step_loss: StepLoss, steps: int, folder: Path, d
     optimizer = torch.optim.AdamW(policy.parameter_groups(), weight_decay=0.0)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     state_path, log_path = folder / "state.pt", folder / "log.jsonl"
-    start = resume_training_state(state_path, policy.model, optimizer, log_path, steps)
+    start = _resume(policy, optimizer, state_path, log_path, steps)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress or not distributed.is_main(),
                file=sys.stderr)
@@ -45,7 +63,7 @@ def train_steps(policy: Policy, step_loss: StepLoss, steps: int, folder: Path, d
             group["lr"] = base * _lr_factor(step, warmup)
         loss, record = step_loss(step)
         optimizer.zero_grad(set_to_none=True)
-        (loss * distributed.world()[1]).backward()  # DDP averages over ranks; each loss is a share of the sum
+        (loss * distributed.world()[1]).backward()  # DDP/FSDP average over ranks; each loss is a share of the sum
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         record = {"step": step + 1, "loss": round(distributed.global_sum(float(loss.detach())), 5),
@@ -53,8 +71,8 @@ def train_steps(policy: Policy, step_loss: StepLoss, steps: int, folder: Path, d
         if distributed.is_main():
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            if (step + 1) % save_every == 0 or step + 1 == steps:
-                save_training_state(state_path, step + 1, policy.trainable_state(), optimizer)
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            _save(policy, optimizer, state_path, step + 1)
         bar.update()
         bar.set_postfix(loss=f"{record['loss']:.4f}")
     bar.close()
