@@ -298,6 +298,12 @@ def test_config_files_in_three_formats_and_clear_errors(tmp_path):
     run = subprocess.run([sys.executable, "-m", "stepaudio", "train", "mgrd", "--config", str(tmp_path / "bad.toml")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("stepaudio train mgrd: ")
+    (tmp_path / "small.toml").write_text('out = "r"\n[dpo]\nbatch_size = 1\n')
+    run = subprocess.run([sys.executable, "-m", "stepaudio", "train", "mgrd", "--config", str(tmp_path / "small.toml")],
+                         capture_output=True, text=True, env={**env, "WORLD_SIZE": "2"}, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        "stepaudio train mgrd: dpo.batch_size is 1, below the 2 processes: each needs a share of every batch"]
+    load_config(tmp_path / "small.toml").check_world_size(1)  # one process takes any batch
 
 
 # ---------------------------------------------------------------- data parallel

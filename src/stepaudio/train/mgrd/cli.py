@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def run_mgrd_command(args: argparse.Namespace) -> None:
 
     try:
         cfg = load_config(args.config, {"out": str(args.out.resolve())} if args.out else None)
+        cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's
     except (OSError, ValueError, TypeError) as e:
         print(f"stepaudio train mgrd: {e}", file=sys.stderr)
         raise SystemExit(2)

@@ -132,6 +132,17 @@ class MGRDConfig:
         if bad:
             raise ValueError(f"unknown stage {bad[0]!r}; stages are {', '.join(known)}")
 
+    def check_world_size(self, processes: int) -> None:
+        """Every rank takes a share of each global batch, so a batch smaller than the number of processes
+        would leave a rank with nothing to train on: refuse it before any model loads."""
+        batches = {"distill": ("sft.batch_size", self.sft.batch_size),
+                   "rl": ("rl.prompts_per_step x rl.group_size", self.rl.prompts_per_step * self.rl.group_size),
+                   "dpo": ("dpo.batch_size", self.dpo.batch_size)}
+        for stage, (name, size) in batches.items():
+            if stage in self.stages and size < processes:
+                raise ValueError(f"{name} is {size}, below the {processes} processes: each needs a share of "
+                                 f"every batch")
+
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     hints = get_type_hints(cls)

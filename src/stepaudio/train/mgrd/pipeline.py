@@ -55,6 +55,7 @@ def binomial_margin(correct: int, n: int, chance: float) -> float:
 def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
     """Run or resume every stage; returns the summary (also written to `cfg.out/summary.json`)."""
     distributed.init_from_env()
+    cfg.check_world_size(distributed.world()[1])
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
