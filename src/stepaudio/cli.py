@@ -217,8 +217,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--init-delta", type=Path,
                    help="start from this delta's adaptor and LoRA, e.g. the committed one (default: from scratch)")
     a.add_argument("--decoder-dtype", choices=("auto", "bfloat16", "float32"),
-                   help="dtype of the frozen decoder; auto: bf16 where oneDNN has bf16 kernels that beat fp32 "
-                        "(timed at the start), else fp32")
+                   help="dtype of the frozen decoder; auto: bf16 where oneDNN has bf16 kernels, else fp32")
     a.set_defaults(func=_run_train_align)
     e = steps.add_parser("evaluate", help="held-out report: speech vs text accuracy, repeat WER, sound tasks, speed")
     e.add_argument("--model", type=Path, help="model folder (default: the built-in default model)")

@@ -1,7 +1,7 @@
 """`stepaudio train align`: train the adaptor and decoder LoRA on synthesised think-format examples.
 
-The encoder and the decoder weights stay frozen (the decoder in bf16 where oneDNN has bf16 kernels and they
-beat fp32, else in fp32: without them a bf16 matrix product measured 6x slower than fp32); the adaptor and the LoRA pairs
+The encoder and the decoder weights stay frozen (the decoder in bf16 where oneDNN has bf16 kernels, else
+in fp32: without them a bf16 matrix product measured 6x slower than fp32); the adaptor and the LoRA pairs
 train in fp32, under bf16 autocast when the decoder is bf16. Loss is on the target tokens only, and logits
 are computed only there (the 151936-row head is the largest single matrix). State is saved every `save_every` steps and a
 rerun resumes from it with the same data stream (each step's data is seeded by the step number).
@@ -9,7 +9,6 @@ rerun resumes from it with the same data stream (each step's data is seeded by t
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
@@ -65,8 +64,7 @@ class AlignConfig:
     # stage) instead of from scratch: a longer recipe can build on a committed model.
     init_delta: Path | None = None
     seed: int = 0
-    # "auto": bf16 where the CPU has oneDNN bf16 kernels and a bf16 product is faster than fp32 there (timed
-    # once at the start), else fp32; or "bfloat16" / "float32".
+    # "auto": bf16 where the CPU has oneDNN bf16 kernels (or on CUDA), else fp32; or "bfloat16" / "float32".
     decoder_dtype: str = "auto"
     save_every: int = 25
     threads: int | None = None
@@ -105,33 +103,10 @@ def batch_from_ids(tokenizer: StepTokenizer, prompts: list[PreparedPrompt], targ
 def decoder_dtype(choice: str) -> torch.dtype:
     """The frozen decoder's dtype for `AlignConfig.decoder_dtype`."""
     if choice == "auto":
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() and _bf16_matmul_is_faster() \
-            else torch.float32
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
     if choice not in ("bfloat16", "float32"):
         raise ValueError(f"decoder_dtype must be auto, bfloat16 or float32, not {choice!r}")
     return getattr(torch, choice)
-
-
-@functools.cache
-def _bf16_matmul_is_faster() -> bool:
-    """Training is compute-bound, and bf16 kernels are not always the faster ones: on a 2-core Xeon with
-    AVX512-BF16 but no AMX a bf16 product measured 83 GFLOP/s against 106 in fp32, on a 2-core EPYC with
-    AVX512-BF16 bf16 was the faster. So time one decoder-sized product in each (best of 3, about 0.2 s)."""
-    x, w = torch.randn(512, 896), torch.randn(2048, 896)
-    best = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = x.to(dtype), w.to(dtype)
-        F.linear(a, b)  # the first call creates the kernel
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            F.linear(a, b)
-            times.append(time.perf_counter() - t0)
-        best[dtype] = min(times)
-    faster = best[torch.bfloat16] < best[torch.float32]
-    print(f"train align: decoder in {'bf16' if faster else 'fp32'} (a bf16 product took "
-          f"{best[torch.bfloat16] / best[torch.float32]:.2f}x the fp32 time here)", file=sys.stderr)
-    return faster
 
 
 class AlignModel:
