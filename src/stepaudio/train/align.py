@@ -141,8 +141,9 @@ class AlignModel:
         model = self.model
         audio = None
         if batch.mels:
-            with torch.set_grad_enabled(self.cfg.encoder_lora_blocks > 0):  # the frozen encoder keeps no graph
-                feats = [model.encode_features(m) for m in batch.mels]
+            # No grad context of its own: a frozen encoder builds no graph anyway, an encoder with LoRA pairs
+            # needs one, and a caller's torch.no_grad() (scoring, rollouts) still holds.
+            feats = [model.encode_features(m) for m in batch.mels]
             audio = torch.cat([model.adapt(f, n) for f, n in feats])
         positions = torch.arange(batch.input_ids.shape[1])[None].expand_as(batch.input_ids)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
