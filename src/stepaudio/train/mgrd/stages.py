@@ -205,7 +205,6 @@ def rl_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progress: bo
     pool = difficulty_filter(policy, cfg, r, folder)
     if not pool:
         return {"kept_items": 0, "steps": 0}
-    n_mels = policy.model.config.audio.n_mels
     rollouts: dict[int, list] = {}
 
     def rollout(batch_index: int) -> list:
