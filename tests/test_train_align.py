@@ -149,3 +149,63 @@ def test_encoder_lora_blocks_out_of_range_is_refused(tmp_path):
 
 def _blocks(assembly: Assembly) -> list[str]:
     return sorted({k.split(".")[2] for k in assembly.state if k.startswith("encoder.blocks.")})
+
+
+def _spoken(words: str, seed: int, instruction: str | None = None) -> Example:
+    """A clip (noise: the tiny model has no hearing to speak of) labelled with the words it stands for."""
+    content = [{"type": "audio"}] + ([{"type": "text", "text": instruction}] if instruction else [])
+    wav = np.random.default_rng(seed).normal(0, 0.1, 16000).astype(np.float32)
+    return Example("speech", [{"role": "user", "content": content}], [wav],
+                   f'The user asks: "{words}"\n</think>\n\nFour.', (words,))
+
+
+def test_typed_twin_puts_the_words_where_the_audio_was():
+    from stepaudio.train.examples import typed_twin
+
+    twin = typed_twin(_spoken("What is two plus two?", 0))
+    assert twin.messages == [{"role": "user", "content": "What is two plus two?"}] and twin.audio == []
+    twin = typed_twin(_spoken("What is two plus two?", 0, instruction="Listen and answer."))
+    assert twin.messages[0]["content"] == [{"type": "text", "text": "What is two plus two?"},
+                                           {"type": "text", "text": "Listen and answer."}]
+    assert typed_twin(sound_example(count_item(np.random.default_rng(0), n=3))) is None  # a sound has no words
+
+
+def test_distillation_is_the_kl_from_each_twin_to_its_own_spoken_row(tmp_path):
+    """Rows without a twin (a sound) are skipped, and each twin is matched with its own row."""
+    from stepaudio.train.align import AlignModel, build_batch
+
+    assembly = _assembly()
+    aligner = AlignModel(assembly, _config(tmp_path, steps=1, kd_weight=1.0))
+    tokenizer = StepTokenizer(assembly.tokenizer)
+    examples = [sound_example(count_item(np.random.default_rng(0), n=3)), _spoken("What is two plus two?", 1),
+                _spoken("Name a red fruit.", 2, instruction="Answer the question.")]
+    batch = build_batch(tokenizer, examples, assembly.config.audio.n_mels, twins=True)
+    assert batch.twin_rows == (1, 2) and len(batch.twin.kinds) == 2
+    with torch.no_grad():
+        logits, rows, _ = aligner.target_logits(batch)
+        kd = aligner.distillation(batch, logits, rows)
+        expected = []
+        for row in (1, 2):
+            alone = build_batch(tokenizer, [examples[row]], assembly.config.audio.n_mels, twins=True)
+            student = aligner.target_logits(alone)[0].log_softmax(-1)
+            teacher = aligner.target_logits(alone.twin)[0].log_softmax(-1)
+            expected.append((teacher.exp() * (teacher - student)).sum(-1))
+    assert float(kd) > 0
+    torch.testing.assert_close(kd, torch.cat(expected).mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_training_with_distillation_pulls_the_spoken_rows_towards_their_twins(tmp_path):
+    """With the LoRA still (lr 0) the teacher is fixed, as in frozen-decoder alignment: the adaptor alone
+    learns to make the clips read like their words."""
+    class SpokenSampler:
+        examples = [_spoken("What is two plus two?", 1), _spoken("Name a red fruit.", 2)]
+
+        def sample(self, rng: np.random.Generator, listening_drill: bool = False) -> Example:
+            return self.examples[int(rng.integers(2))]
+
+    assembly = _assembly()
+    cfg = _config(tmp_path, steps=16, lr_adapter=3e-2, lr_lora=0.0, kd_weight=5.0)
+    run_steps(cfg, assembly, StepTokenizer(assembly.tokenizer), SpokenSampler(), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
+    kd = [r["loss_kd"] for r in log]
+    assert np.mean(kd[-3:]) < 0.5 * np.mean(kd[:3]), kd

@@ -9,7 +9,7 @@ from stepaudio.text.tiny_tokenizer import build_tiny_tokenizer
 from stepaudio.text.tokenizer import StepTokenizer
 from stepaudio.train.align import build_batch
 from stepaudio.train.evaluate import heldout_questions, word_errors
-from stepaudio.train.examples import MIX, Example, ExampleSampler, sound_example, training_questions
+from stepaudio.train.examples import MIX, Example, ExampleSampler, sound_example, training_questions, typed_twin
 from stepaudio.train.questions import answer_is_correct, question_pool
 from stepaudio.train.sounds import SAMPLE_RATE, TASKS, count_item, random_sound_item
 from stepaudio.train.speech import (CLEAR_HELDOUT_ESPEAK_VOICES, FAMILIES, HELDOUT_ESPEAK_VOICES, HELDOUT_FAMILIES,
@@ -187,8 +187,15 @@ def test_sampler_draws_every_kind_and_refuses_an_empty_set():
     sampler = ExampleSampler(questions, targets)
     # A fresh seed per draw: the kind is the first draw, so it cannot depend on how many draws the
     # installed voices consumed before it (CI's machine has other voices than this one).
-    kinds = {sampler.sample(np.random.default_rng(seed)).kind for seed in range(40)}
-    assert kinds == set(MIX)
+    examples = [sampler.sample(np.random.default_rng(seed)) for seed in range(40)]
+    assert {ex.kind for ex in examples} == set(MIX)
+    # Every spoken part carries its words (the typed twin distillation reads them); sounds have none.
+    for ex in examples:
+        twin = typed_twin(ex)
+        if ex.kind in ("speech", "transcribe"):
+            assert twin is not None and not twin.audio and ex.transcripts[0] in str(twin.messages)
+        if ex.kind in ("sound", "text"):
+            assert twin is None
     with pytest.raises(ValueError, match="no question"):
         ExampleSampler([q for q in questions if q.kind != "repeat"], {})
 

@@ -211,6 +211,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--lora-rank", type=positive_int, help="LoRA rank (alpha is twice the rank)")
     a.add_argument("--encoder-lora-blocks", type=non_negative_int,
                    help="also train LoRA pairs on this many top Whisper encoder blocks (0: encoder frozen)")
+    a.add_argument("--kd-weight", type=non_negative_float,
+                   help="weight of distillation from the model reading each spoken example's words as text "
+                        "(KL at the target tokens; 0: off)")
     a.add_argument("--seed", type=int, help="seed of the data and the initialisation")
     a.add_argument("--save-every", type=positive_int, help="steps between resumable checkpoints")
     a.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
@@ -243,7 +246,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 ALIGN_OPTIONS = ("steps", "ctc_clips", "ctc_epochs", "listening_drill_steps", "generated_questions",
                  "generated_sentences", "arithmetic_questions", "batch_size", "lr_adapter", "lr_lora", "lora_rank",
-                 "encoder_lora_blocks", "seed", "save_every", "threads", "init_delta", "decoder_dtype")
+                 "encoder_lora_blocks", "kd_weight", "seed", "save_every", "threads", "init_delta", "decoder_dtype")
 
 
 def _run_train_align(args: argparse.Namespace) -> None:

@@ -28,7 +28,7 @@ from ..model.lora import attach_lora, lora_tensors
 from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
 from .ctc_warmup import ctc_warmup, make_clips
-from .examples import Example, ExampleSampler, common_words, training_questions
+from .examples import Example, ExampleSampler, common_words, training_questions, typed_twin
 from .generated import load_or_generate
 from .targets import load_or_distil
 from .training_state import resume_training_state, save_training_state
@@ -59,6 +59,11 @@ class AlignConfig:
     # LoRA pairs (same rank) on the top N Whisper encoder blocks too: the one lever that moved held-out
     # reading in the CTC proxy (docs/DEFAULT_MODEL.md). 0: the encoder stays frozen.
     encoder_lora_blocks: int = 0
+    # Weight of a distillation term: KL from the model reading the typed twin (every spoken part replaced by
+    # its words; no grad) to the model hearing the audio, at every target token of the spoken examples. The
+    # teacher is the decoder with its current LoRA: its typed behaviour is what spoken input should match.
+    # 0: cross-entropy on the targets only.
+    kd_weight: float = 0.0
     adapter_hidden: int = ADAPTER_HIDDEN
     # Start from an earlier delta (its adaptor before the CTC warm-up, its LoRA pairs before the decoder
     # stage) instead of from scratch: a longer recipe can build on a committed model.
@@ -77,12 +82,21 @@ class Batch:
     audio_rows: torch.Tensor      # [B, T] bool
     mels: list[torch.Tensor]      # in row-major order of the audio rows
     kinds: list[str]
+    # For distillation: the typed twins of the rows that have one (`twin_rows`, ascending), as a batch.
+    twin: Batch | None = None
+    twin_rows: tuple[int, ...] = ()
 
 
-def build_batch(tokenizer: StepTokenizer, examples: list[Example], n_mels: int) -> Batch:
+def build_batch(tokenizer: StepTokenizer, examples: list[Example], n_mels: int, twins: bool = False) -> Batch:
+    """The examples as one batch; with `twins`, also the typed twins of those that have one."""
     prompts = [prepare_chat(tokenizer, ex.messages, ex.audio, n_mels=n_mels) for ex in examples]
     targets = [tokenizer.encode(ex.target) + [tokenizer.eot_id] for ex in examples]
-    return batch_from_ids(tokenizer, prompts, targets, [ex.kind for ex in examples])
+    batch = batch_from_ids(tokenizer, prompts, targets, [ex.kind for ex in examples])
+    twin_of = {row: twin for row, twin in enumerate(map(typed_twin, examples)) if twins and twin is not None}
+    if twin_of:
+        batch.twin = build_batch(tokenizer, list(twin_of.values()), n_mels)
+        batch.twin_rows = tuple(twin_of)
+    return batch
 
 
 def batch_from_ids(tokenizer: StepTokenizer, prompts: list[PreparedPrompt], targets: list[list[int]],
@@ -137,7 +151,13 @@ class AlignModel:
 
     def target_logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probability of every target token [N], its row in the batch [N]): what every objective
-        (SFT, policy gradient, DPO) is built from. Logits are computed only at the targets."""
+        (SFT, policy gradient, DPO) is built from."""
+        logits, row_of_token, targets = self.target_logits(batch)
+        return -F.cross_entropy(logits, targets, reduction="none"), row_of_token
+
+    def target_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(fp32 logits predicting every target token [N, V], its row [N], the token [N]), in row-major
+        order. Logits are computed only at the targets."""
         model = self.model
         audio = None
         if batch.mels:
@@ -151,16 +171,35 @@ class AlignModel:
         targets = batch.labels[:, 1:]
         mask = targets != -100
         logits = model.lm_head(hidden[:, :-1][mask].to(self.dtype)).float()
-        return -F.cross_entropy(logits, targets[mask], reduction="none"), torch.nonzero(mask)[:, 0]
+        return logits, torch.nonzero(mask)[:, 0], targets[mask]
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logprobs, row_of_token = self.target_logprobs(batch)
-        per_token = -logprobs
+        """Cross-entropy on the target tokens (+ `kd_weight` x the distillation term); the mean loss per
+        kind of example (and "kd") for the log."""
+        logits, row_of_token, targets = self.target_logits(batch)
+        per_token = F.cross_entropy(logits, targets, reduction="none")
         by_kind: dict[str, list[float]] = {}
         for row, kind in enumerate(batch.kinds):
             values = per_token[row_of_token == row]
             by_kind.setdefault(kind, []).append(float(values.detach().mean()))
-        return per_token.mean(), {k: float(np.mean(v)) for k, v in by_kind.items()}
+        logged = {k: float(np.mean(v)) for k, v in by_kind.items()}
+        loss = per_token.mean()
+        if self.cfg.kd_weight > 0 and batch.twin is not None:
+            kd = self.distillation(batch, logits, row_of_token)
+            logged["kd"] = float(kd.detach())
+            loss = loss + self.cfg.kd_weight * kd
+        return loss, logged
+
+    def distillation(self, batch: Batch, logits: torch.Tensor, row_of_token: torch.Tensor) -> torch.Tensor:
+        """Mean KL(teacher || student) per target token of the rows with a typed twin: the teacher reads
+        the twin (no grad), the student is `logits`. Both rows carry the same target tokens."""
+        with torch.no_grad():
+            teacher, _, _ = self.target_logits(batch.twin)
+        student = logits[torch.isin(row_of_token, torch.tensor(batch.twin_rows))]
+        if student.shape != teacher.shape:
+            raise ValueError(f"typed twins have {teacher.shape[0]} target tokens, their spoken rows {student.shape[0]}")
+        return F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
+                        reduction="batchmean")
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """What a saved training state holds: the adaptor and the LoRA pairs, in fp32."""
@@ -286,7 +325,8 @@ def run_steps(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, sa
         t0 = time.time()
         rng = np.random.default_rng([cfg.seed, step])
         drill = step < cfg.listening_drill_steps
-        batch = build_batch(tokenizer, [sampler.sample(rng, drill) for _ in range(cfg.batch_size)], n_mels)
+        examples = [sampler.sample(rng, drill) for _ in range(cfg.batch_size)]
+        batch = build_batch(tokenizer, examples, n_mels, twins=cfg.kd_weight > 0)
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * lr_factor(step, cfg)
         loss, by_kind = aligner.loss(batch)

@@ -33,6 +33,26 @@ class Example:
     messages: list[dict]       # OpenAI-shaped; audio parts are {"type": "audio"} placeholders
     audio: list[np.ndarray]    # one 16 kHz waveform per audio part
     target: str                # text after the generation prompt's "<think>\n"
+    # What each audio part says, where it is speech (None for a sound): the typed twin's text.
+    transcripts: tuple[str | None, ...] = ()
+
+
+def typed_twin(example: Example) -> Example | None:
+    """The same conversation with every spoken part replaced by its words, or None where a part is not
+    speech (or there is no audio): the text the frozen decoder reads as the teacher of the audio path."""
+    if not example.audio or len(example.transcripts) != len(example.audio) or None in example.transcripts:
+        return None
+    words = iter(example.transcripts)
+    messages = []
+    for message in example.messages:
+        content = message["content"]
+        if isinstance(content, list):
+            content = [{"type": "text", "text": next(words)} if part.get("type") == "audio" else part
+                       for part in content]
+            if len(content) == 1:
+                content = content[0]["text"]
+        messages.append({**message, "content": content})
+    return Example(example.kind, messages, [], example.target)
 
 
 def training_questions(seed: int = 0, n_arithmetic: int = 60, open_questions: Sequence[str] = ()) -> list[Question]:
@@ -124,11 +144,11 @@ class ExampleSampler:
             wav = augment(speak(words, random_voice(rng)), rng)
             messages = [{"role": "user", "content": audio_with_text(str(rng.choice(TRANSCRIBE_PROMPTS)),
                                                                     bool(rng.random() < 0.5))}]
-            return Example("transcribe", messages, [wav], transcribe_target(words).text())
+            return Example("transcribe", messages, [wav], transcribe_target(words).text(), (words,))
         if kind == "text":
             return Example("text", [{"role": "user", "content": question.text}], [], target.text())
         wav = augment(speak(question.text, random_voice(rng)), rng)
-        return Example("speech", speech_messages(rng), [wav], target.text())
+        return Example("speech", speech_messages(rng), [wav], target.text(), (question.text,))
 
     def multiturn_example(self, rng: np.random.Generator) -> Example:
         """A two- or three-turn conversation, each user turn spoken (60 %) or typed, the last one answered."""
@@ -136,7 +156,8 @@ class ExampleSampler:
         spoken = [bool(rng.random() < 0.6) for _ in conv.turns]
         messages, parts = conversation_messages(conv, spoken)
         audio = [p if not isinstance(p, str) else augment(speak(p, random_voice(rng)), rng) for p in parts]
-        return Example("multiturn", messages, audio, conv.target.text())
+        return Example("multiturn", messages, audio, conv.target.text(),
+                       tuple(p if isinstance(p, str) else None for p in parts))
 
 
 def sound_target(item: SoundItem) -> Target:
