@@ -342,6 +342,26 @@ def test_torchrun_two_processes_give_the_one_process_update(tmp_path, one_proces
             torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (torchrun over nccl, one GPU each)")
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_on_two_gpus_gives_the_one_gpu_update(tmp_path, parallel):
+    """The worker with device cuda: one process on GPU 0, then `torchrun --nproc_per_node 2`, each rank on the
+    GPU of its LOCAL_RANK over nccl; the same tensors (a little looser than on the CPU: GPU kernels vary with
+    the batch shape)."""
+    one = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "one.pt"), parallel, "cuda"], env=WORKER_ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(WORKER), str(tmp_path / "two.pt"), parallel, "cuda"], env=WORKER_ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for part in ("final", "merge", "folded"):
+        assert a[part].keys() == b[part].keys(), part
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-3, atol=1e-5)
+
+
 def test_torchrun_fsdp_runs_every_stage_from_the_command_line(tmp_path, tiny_dir):  # noqa: F811
     """`torchrun --nproc_per_node 2 -m stepaudio train mgrd` with parallel = "fsdp" on a model folder: the
     held-out evaluations, distillation, GRPO rollouts and DPO all run on the sharded policy, and a rerun
