@@ -130,8 +130,15 @@ def optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict
 
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Restore `optimizer_state`'s result (each rank keeps its shards under FSDP)."""
-    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    """Restore `optimizer_state`'s result (each rank keeps its shards under FSDP). A parameter with no saved
+    entry (no gradient yet when it was saved: the adaptor after text-only batches) is left without state, as
+    AdamW leaves it until its first gradient, so the resumed steps are the ones the saved run would take."""
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    names = {param: name for name, param in module.named_parameters()}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if names[param] not in state["state"]:
+                optimizer.state.pop(param, None)
 
 
 def barrier() -> None:
