@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from stepaudio.default_model.assemble import Assembly
 from stepaudio.model.tiny import random_state_dict, tiny_config
 from stepaudio.text.tiny_tokenizer import build_tiny_tokenizer
@@ -19,15 +21,19 @@ def tiny_assembly() -> Assembly:
     return Assembly(config, state, tokenizer)
 
 
-def tiny_policy(out: Path, lr_lora: float = 1e-2, lr_adapter: float = 0.0, parallel: str = "ddp") -> Policy:
+def tiny_policy(out: Path, lr_lora: float = 1e-2, lr_adapter: float = 0.0, parallel: str = "ddp",
+                device: torch.device = torch.device("cpu")) -> Policy:
     """A fresh policy whose LoRA pairs are drawn from seed 0 (as a run's first stage draws them)."""
-    policy = Policy(tiny_assembly(), 2, 4.0, "float32", lr_lora, lr_adapter, out, parallel)
+    policy = Policy(tiny_assembly(), 2, 4.0, "float32", lr_lora, lr_adapter, out, parallel, device)
     reset_lora(policy, 0)
     return policy
 
 
 def tiny_config_for(out: Path, **kw) -> MGRDConfig:
-    settings = dict(out=out, budgets="0,inf", eval_max_tokens=8, lora_rank=2, lora_alpha=4.0, save_every=1,
+    """A run small enough for a test, on the CPU unless `device` says otherwise (the CPU tests stay CPU tests
+    on a machine with GPUs)."""
+    settings = dict(out=out, device="cpu", budgets="0,inf", eval_max_tokens=8, lora_rank=2, lora_alpha=4.0,
+                    save_every=1,
                     data=DataConfig(tasks=("higher", "count"), items_per_task=1, text_items=1, heldout_per_task=1),
                     distill=DistillConfig(chains=2, max_tokens=8),
                     sft=SFTConfig(steps=2, batch_size=2, warmup=1),

@@ -20,11 +20,12 @@ import torch
 from mgrd_fixtures import tiny_assembly, tiny_config_for, tiny_policy
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from stepaudio.engine.sampling import SamplingParams
-from stepaudio.train.align import batch_from_ids
+from stepaudio.cli import main
+from stepaudio.train.align import batch_from_ids, build_batch
 from stepaudio.train.examples import Example
 from stepaudio.train.mgrd import grounding
 from stepaudio.train.mgrd.config import load_config
-from stepaudio.train.mgrd.objectives import advantages, audio_reward, dpo_loss, policy_loss
+from stepaudio.train.mgrd.objectives import advantages, audio_reward, dpo_loss, policy_loss, sft_loss
 from stepaudio.train.mgrd.pipeline import binomial_margin, run_mgrd
 from stepaudio.train.mgrd.policy import Policy, merge_in_place, replay_merges, reset_lora
 from stepaudio.train.mgrd.stages import sft
@@ -244,6 +245,66 @@ def test_sft_resume_gives_identical_state_and_merges_replay_exactly(tmp_path):
         assert torch.equal(x, y), k
 
 
+def _old_release_steps(policy: Policy, step_loss: Callable, steps: int, folder: Path) -> None:
+    """`steps` updates as train_steps makes them (no warm-up, one process), saved as releases before FSDP saved
+    a stage: AdamW's own state_dict, keyed by parameter index."""
+    optimizer = torch.optim.AdamW(policy.parameter_groups(), weight_decay=0.0)
+    for step in range(steps):
+        loss, _ = step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+        optimizer.step()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": steps, "trainable": policy.trainable_state(), "optimizer": optimizer.state_dict()},
+               folder / "state.pt")
+
+
+def test_an_index_keyed_state_from_an_older_release_resumes_exactly(tmp_path):
+    """The old state's index i is the i-th parameter of its group; after a text-only first step the adaptor
+    has no AdamW state yet, and the resumed run must start it afresh, as the run it continues would."""
+    audio, text = _examples()
+
+    def losses(policy: Policy) -> Callable:
+        def step_loss(step: int):
+            batch = build_batch(policy.tokenizer, [text] if step == 0 else [audio, text], policy.config.audio.n_mels)
+            logprobs, _ = policy.forward(batch)
+            return sft_loss(logprobs, logprobs.numel()), {}
+        return step_loss
+
+    straight = tiny_policy(tmp_path / "a", lr_adapter=1e-2)
+    train_steps(straight, losses(straight), 3, tmp_path / "a", "sft", save_every=100, progress=False)
+    old = tiny_policy(tmp_path / "b", lr_adapter=1e-2)
+    _old_release_steps(old, losses(old), 1, tmp_path / "b")
+    saved = torch.load(tmp_path / "b" / "state.pt", weights_only=True)["optimizer"]
+    assert all(isinstance(k, int) for k in saved["state"]) and len(saved["state"]) < sum(
+        len(g["params"]) for g in saved["param_groups"])  # the adaptor's entries are missing
+    resumed = tiny_policy(tmp_path / "b", lr_adapter=1e-2)
+    train_steps(resumed, losses(resumed), 3, tmp_path / "b", "sft", save_every=100, progress=False)
+    a, b = straight.trainable_state(), resumed.trainable_state()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rewritten = torch.load(tmp_path / "b" / "state.pt", weights_only=True)["optimizer"]
+    assert set(rewritten["state"]) <= set(a) and rewritten["state"]  # saved again keyed by name
+
+
+def test_an_index_keyed_state_that_does_not_match_is_refused_in_one_line(tmp_path, tiny_dir, capsys):  # noqa: F811
+    """An old state for other parameters (one group where this stage trains two): `stepaudio train mgrd`
+    stops with one line saying which file to delete, no traceback."""
+    cfg = asdict(tiny_config_for(tmp_path / "run", model=str(tiny_dir), stages=("distill",)))
+    (tmp_path / "run.json").write_text(json.dumps(cfg, default=str))
+    state = tmp_path / "run" / "distill_round0" / "state.pt"
+    state.parent.mkdir(parents=True)
+    torch.save({"step": 1, "trainable": {}, "optimizer": {
+        "state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}},
+        "param_groups": [{"lr": 1e-4, "params": [0]}]}}, state)
+    assert main(["train", "mgrd", "--config", str(tmp_path / "run.json"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"stepaudio train: error: {state} was saved by an older stepaudio for other trainable parameters than this "
+        "stage trains; delete it to start distill_round0 again from step 0 (finished stages are kept)")
+    assert state.is_file()  # left for the user to delete
+
+
 STAGE_FOLDERS = ("data", "evaluate_before", "distill_round0", "rl_round0", "dpo", "evaluate_after")
 MERGES = ["00-distill_round0.pt", "01-rl_round0.pt", "02-dpo.pt"]
 
@@ -340,6 +401,26 @@ def test_torchrun_two_processes_give_the_one_process_update(tmp_path, one_proces
         assert a[part].keys() == b[part].keys(), part
         for k in a[part]:
             torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (torchrun over nccl, one GPU each)")
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_on_two_gpus_gives_the_one_gpu_update(tmp_path, parallel):
+    """The worker with device cuda: one process on GPU 0, then `torchrun --nproc_per_node 2`, each rank on the
+    GPU of its LOCAL_RANK over nccl; the same tensors (a little looser than on the CPU: GPU kernels vary with
+    the batch shape)."""
+    one = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "one.pt"), parallel, "cuda"], env=WORKER_ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(WORKER), str(tmp_path / "two.pt"), parallel, "cuda"], env=WORKER_ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for part in ("final", "merge", "folded"):
+        assert a[part].keys() == b[part].keys(), part
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-3, atol=1e-5)
 
 
 def test_torchrun_fsdp_runs_every_stage_from_the_command_line(tmp_path, tiny_dir):  # noqa: F811

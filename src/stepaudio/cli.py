@@ -14,6 +14,7 @@ from .evaluation.cli import add_eval, with_default_subcommand
 from .extras import require_extra
 from .quant.cli import add_quantization_option, add_quantize
 from .serve_cli import add_serve
+from .train.device import DEVICES
 
 DTYPES = ["bfloat16", "float16", "float32"]
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away
@@ -221,6 +222,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="start from this delta's adaptor and LoRA, e.g. the committed one (default: from scratch)")
     a.add_argument("--decoder-dtype", choices=("auto", "bfloat16", "float32"),
                    help="dtype of the frozen decoder; auto: bf16 where oneDNN has bf16 kernels, else fp32")
+    a.add_argument("--device", choices=DEVICES,
+                   help="where the decoder stage trains (auto: CUDA when torch sees a GPU); the teacher and the "
+                        "CTC warm-up run on the CPU")
     a.set_defaults(func=_run_train_align)
     e = steps.add_parser("evaluate", help="held-out report: speech vs text accuracy, repeat WER, sound tasks, speed")
     e.add_argument("--model", type=Path, help="model folder (default: the built-in default model)")
@@ -246,18 +250,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 ALIGN_OPTIONS = ("steps", "ctc_clips", "ctc_epochs", "listening_drill_steps", "generated_questions",
                  "generated_sentences", "arithmetic_questions", "batch_size", "lr_adapter", "lr_lora", "lora_rank",
-                 "encoder_lora_blocks", "kd_weight", "seed", "save_every", "threads", "init_delta", "decoder_dtype")
+                 "encoder_lora_blocks", "kd_weight", "seed", "save_every", "threads", "init_delta", "decoder_dtype",
+                 "device")
 
 
 def _run_train_align(args: argparse.Namespace) -> None:
     require_path(args.init_delta, "--init-delta")
     require_extra("train", "training")
     from .train.align import AlignConfig, train_align
+    from .train.device import training_device
 
     given = {name: getattr(args, name) for name in ALIGN_OPTIONS if getattr(args, name) is not None}
     if "lora_rank" in given:
         given["lora_alpha"] = 2.0 * given["lora_rank"]
     cfg = AlignConfig(out=args.out, **given)
+    training_device(cfg.device)  # a device that is not here is refused before the base model loads
     delta = train_align(cfg)
     print(f"wrote {delta}; install it with: cp {delta} src/stepaudio/default_model/weights/")
 

@@ -2,9 +2,11 @@
 
 The encoder and the decoder weights stay frozen (the decoder in bf16 where oneDNN has bf16 kernels, else
 in fp32: without them a bf16 matrix product measured 6x slower than fp32); the adaptor and the LoRA pairs
-train in fp32, under bf16 autocast when the decoder is bf16. Loss is on the target tokens only, and logits
-are computed only there (the 151936-row head is the largest single matrix). State is saved every `save_every` steps and a
-rerun resumes from it with the same data stream (each step's data is seeded by the step number).
+train in fp32, under bf16 autocast when the decoder is bf16. The decoder stage runs on `device` (the CPU by
+default, as the recipe was measured; a GPU where asked, in bf16 there under "auto"). Loss is on the target
+tokens only, and logits are computed only there (the 151936-row head is the largest single matrix). State
+is saved every `save_every` steps and a rerun resumes from it with the same data stream (each step's data
+is seeded by the step number).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from ..model.lora import attach_lora, lora_tensors
 from ..model.step_audio import StepAudioForCausalLM
 from ..text.tokenizer import StepTokenizer
 from .ctc_warmup import ctc_warmup, make_clips
+from .device import training_device
 from .examples import Example, ExampleSampler, common_words, training_questions, typed_twin
 from .generated import load_or_generate
 from .targets import load_or_distil
@@ -69,8 +72,12 @@ class AlignConfig:
     # stage) instead of from scratch: a longer recipe can build on a committed model.
     init_delta: Path | None = None
     seed: int = 0
-    # "auto": bf16 where the CPU has oneDNN bf16 kernels (or on CUDA), else fp32; or "bfloat16" / "float32".
+    # "auto": bf16 where the CPU has oneDNN bf16 kernels (or on a GPU with bf16), else fp32; or "bfloat16" /
+    # "float32".
     decoder_dtype: str = "auto"
+    # Where the decoder stage trains: "cpu" (the recipe as measured: the teacher and the CTC warm-up run on the
+    # CPU too), "cuda", or "auto" (CUDA when torch sees a GPU). See train/device.py.
+    device: str = "cpu"
     save_every: int = 25
     threads: int | None = None
 
@@ -85,6 +92,12 @@ class Batch:
     # For distillation: the typed twins of the rows that have one (`twin_rows`, ascending), as a batch.
     twin: Batch | None = None
     twin_rows: tuple[int, ...] = ()
+
+    def to(self, device: torch.device) -> Batch:
+        """The same batch with every tensor on `device` (batches are built on the CPU; a twin moves when
+        it is read)."""
+        return replace(self, input_ids=self.input_ids.to(device), labels=self.labels.to(device),
+                       audio_rows=self.audio_rows.to(device), mels=[m.to(device) for m in self.mels])
 
 
 def build_batch(tokenizer: StepTokenizer, examples: list[Example], n_mels: int, twins: bool = False) -> Batch:
@@ -114,9 +127,11 @@ def batch_from_ids(tokenizer: StepTokenizer, prompts: list[PreparedPrompt], targ
     return Batch(ids, lab, ids == tokenizer.audio_patch_id, mels, kinds)
 
 
-def decoder_dtype(choice: str) -> torch.dtype:
-    """The frozen decoder's dtype for `AlignConfig.decoder_dtype`."""
+def decoder_dtype(choice: str, device: torch.device = torch.device("cpu")) -> torch.dtype:
+    """The frozen decoder's dtype for `AlignConfig.decoder_dtype` on `device`."""
     if choice == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
     if choice not in ("bfloat16", "float32"):
         raise ValueError(f"decoder_dtype must be auto, bfloat16 or float32, not {choice!r}")
@@ -124,15 +139,17 @@ def decoder_dtype(choice: str) -> torch.dtype:
 
 
 class AlignModel:
-    """The model with a frozen decoder (bf16 or fp32), fp32 trainable adaptor and LoRA pairs."""
+    """The model with a frozen decoder (bf16 or fp32), fp32 trainable adaptor and LoRA pairs, all on `device`."""
 
-    def __init__(self, assembly: Assembly, cfg: AlignConfig):
+    def __init__(self, assembly: Assembly, cfg: AlignConfig, device: torch.device = torch.device("cpu")):
         model = StepAudioForCausalLM(assembly.config)
         model.load_state_dict(assembly.state, strict=True)
         model.requires_grad_(False)
-        self.dtype = decoder_dtype(cfg.decoder_dtype)
+        self.device = device
+        self.dtype = decoder_dtype(cfg.decoder_dtype, device)
         model.model.to(self.dtype)
         model.lm_head.to(self.dtype)
+        model.to(device)  # before the LoRA pairs: each is made on the device of the layer it wraps
         model.adapter.requires_grad_(True)
         self.lora = attach_lora(model, cfg.lora_rank, cfg.lora_alpha)
         self.lora.update(attach_encoder_lora(model, cfg))
@@ -151,22 +168,23 @@ class AlignModel:
 
     def target_logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probability of every target token [N], its row in the batch [N]): what every objective
-        (SFT, policy gradient, DPO) is built from."""
+        (SFT, policy gradient, DPO) is built from, on the model's device."""
         logits, row_of_token, targets = self.target_logits(batch)
         return -F.cross_entropy(logits, targets, reduction="none"), row_of_token
 
     def target_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(fp32 logits predicting every target token [N, V], its row [N], the token [N]), in row-major
-        order. Logits are computed only at the targets."""
+        order, on the model's device. Logits are computed only at the targets."""
         model = self.model
+        batch = batch.to(self.device)
         audio = None
         if batch.mels:
             # No grad context of its own: a frozen encoder builds no graph anyway, an encoder with LoRA pairs
             # needs one, and a caller's torch.no_grad() (scoring, rollouts) still holds.
             feats = [model.encode_features(m) for m in batch.mels]
             audio = torch.cat([model.adapt(f, n) for f, n in feats])
-        positions = torch.arange(batch.input_ids.shape[1])[None].expand_as(batch.input_ids)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+        positions = torch.arange(batch.input_ids.shape[1], device=self.device)[None].expand_as(batch.input_ids)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
             hidden = model(batch.input_ids, positions, audio, batch.audio_rows if audio is not None else None)
         targets = batch.labels[:, 1:]
         mask = targets != -100
@@ -195,7 +213,7 @@ class AlignModel:
         the twin (no grad), the student is `logits`. Both rows carry the same target tokens."""
         with torch.no_grad():
             teacher, _, _ = self.target_logits(batch.twin)
-        student = logits[torch.isin(row_of_token, torch.tensor(batch.twin_rows))]
+        student = logits[torch.isin(row_of_token, torch.tensor(batch.twin_rows, device=row_of_token.device))]
         if student.shape != teacher.shape:
             raise ValueError(f"typed twins have {teacher.shape[0]} target tokens, their spoken rows {student.shape[0]}")
         return F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
@@ -314,7 +332,7 @@ def run_steps(cfg: AlignConfig, assembly: Assembly, tokenizer: StepTokenizer, sa
         torch.set_num_threads(cfg.threads)
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    aligner = AlignModel(assembly, cfg)
+    aligner = AlignModel(assembly, cfg, training_device(cfg.device))
     optimizer = torch.optim.AdamW(aligner.parameter_groups(), weight_decay=0.0)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     state_path, log_path = cfg.out / "state.pt", cfg.out / "loss.jsonl"

@@ -11,11 +11,23 @@ import torch
 
 
 def save_training_state(path: Path, step: int, trainable: dict[str, torch.Tensor], optimizer: dict) -> None:
-    """`optimizer` is the optimizer's state dict. Written through a temporary file and a rename: a kill never
-    leaves a half-written state."""
+    """`optimizer` is the optimizer's state dict. Every tensor is written from the CPU, so a state saved by a
+    GPU run loads anywhere. Written through a temporary file and a rename: a kill never leaves a half-written
+    state."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "trainable": trainable, "optimizer": optimizer}, tmp)
+    torch.save(on_cpu({"step": step, "trainable": trainable, "optimizer": optimizer}), tmp)
     tmp.replace(path)
+
+
+def on_cpu(value):
+    """`value` (tensors in dicts, lists and tuples) with every tensor on the CPU (CPU ones are not copied)."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(v) for v in value)
+    return value
 
 
 def load_training_state(path: Path, log_path: Path, total_steps: int) -> dict | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from ..device import check_device_choice
 from ..sounds import TASKS as SOUND_TASKS
 
 ESTIMATORS = ("grpo", "rloo", "mean")
@@ -109,6 +110,10 @@ class MGRDConfig:
     # that fits one device), "fsdp" shards it (FSDP2, per decoder layer) for one that does not. One process
     # runs the model unwrapped either way.
     parallel: str = "ddp"
+    # Where the policy, its batches and the sampling engines live: "auto" (CUDA when torch sees a GPU, else
+    # the CPU), "cpu" or "cuda". Under torchrun each process takes the GPU of its LOCAL_RANK (nccl), on the
+    # CPU the processes talk over gloo.
+    device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -123,6 +128,7 @@ class MGRDConfig:
         if self.rl.estimator not in ESTIMATORS:
             raise ValueError(f"rl.estimator must be one of {', '.join(ESTIMATORS)}, not {self.rl.estimator!r}")
         check_parallel(self.parallel)
+        check_device_choice(self.device)
         if self.rl.kl != 0:
             raise ValueError("rl.kl: only 0 is implemented (the paper's setting)")
         if not 0 <= self.rl.filter_low <= self.rl.filter_high <= self.rl.filter_samples:

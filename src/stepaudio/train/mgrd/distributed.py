@@ -1,4 +1,4 @@
-"""Data parallelism over torch.distributed: started by `torchrun`, gloo on CPU, nccl on GPU.
+"""Data parallelism over torch.distributed: started by `torchrun`, gloo on CPU, nccl on GPU (one per process).
 
 Nothing home-made: the process group comes from torchrun's environment, gradients are averaged by
 DistributedDataParallel or sharded by FSDP2 (`fully_shard`), whole tensors are read and written through
@@ -25,10 +25,15 @@ from torch.distributed.fsdp import fully_shard
 from .config import check_parallel
 
 
-def init_from_env() -> None:
-    """Join the process group torchrun describes (RANK/WORLD_SIZE set); no-op otherwise or if joined."""
+def init_from_env(device: torch.device) -> None:
+    """Join the process group torchrun describes (RANK/WORLD_SIZE set); no-op otherwise or if joined. The
+    backend follows the training device (`train.device.training_device`, already this process's GPU): nccl
+    for CUDA, gloo for the CPU, whether or not the machine has a GPU."""
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
 
 
 def world() -> tuple[int, int]:
@@ -65,7 +70,8 @@ def global_sum(value: float) -> float:
     """`value` summed over ranks (token or pair counts: the loss normaliser)."""
     if world()[1] == 1:
         return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64)
+    # nccl reduces only GPU tensors ("cuda": this process's GPU, set by training_device)
+    t = torch.tensor([float(value)], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t)
     return float(t.item())
 
@@ -82,7 +88,9 @@ def wrap(module: nn.Module, parallel: str, layers: Sequence[nn.Module]) -> nn.Mo
     if world()[1] == 1:
         return module
     if parallel == "ddp":
-        return nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+        device = next(module.parameters()).device
+        return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                                   find_unused_parameters=True)
     mesh = init_device_mesh(next(module.parameters()).device.type, (world()[1],))
     for layer in layers:
         fully_shard(layer, mesh=mesh)
@@ -122,8 +130,15 @@ def optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict
 
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Restore `optimizer_state`'s result (each rank keeps its shards under FSDP)."""
-    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    """Restore `optimizer_state`'s result (each rank keeps its shards under FSDP). A parameter with no saved
+    entry (no gradient yet when it was saved: the adaptor after text-only batches) is left without state, as
+    AdamW leaves it until its first gradient, so the resumed steps are the ones the saved run would take."""
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    names = {param: name for name, param in module.named_parameters()}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if names[param] not in state["state"]:
+                optimizer.state.pop(param, None)
 
 
 def barrier() -> None:

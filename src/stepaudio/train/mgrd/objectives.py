@@ -52,7 +52,7 @@ def sft_loss(logprobs: torch.Tensor, normaliser: float) -> torch.Tensor:
 
 def sequence_logprobs(logprobs: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Sum of token log-probs per batch row."""
-    return torch.zeros(n_rows, dtype=logprobs.dtype).index_add(0, rows, logprobs)
+    return torch.zeros(n_rows, dtype=logprobs.dtype, device=logprobs.device).index_add(0, rows, logprobs)
 
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,

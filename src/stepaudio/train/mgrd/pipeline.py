@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..device import training_device
 from . import distributed, stages
 from .config import MGRDConfig
 from .policy import Policy, load_folder, merge_in_place, replay_merges, reset_lora
@@ -54,7 +55,8 @@ def binomial_margin(correct: int, n: int, chance: float) -> float:
 
 def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
     """Run or resume every stage; returns the summary (also written to `cfg.out/summary.json`)."""
-    distributed.init_from_env()
+    device = training_device(cfg.device)  # first: a device that is not here stops the run before it loads
+    distributed.init_from_env(device)
     cfg.check_world_size(distributed.world()[1])
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +70,7 @@ def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
 
         torch.set_num_threads(cfg.threads)
     policy = Policy(assembly, cfg.lora_rank, cfg.lora_alpha, cfg.decoder_dtype, cfg.sft.lr_lora, cfg.sft.lr_adapter,
-                    out, cfg.parallel)
+                    out, cfg.parallel, device)
     assembly.state.clear()  # the policy holds its own copy
     reset_lora(policy, merged)
     results: dict = {}

@@ -4,7 +4,8 @@ A stage trains LoRA pairs (and, where asked, the adaptor) on top of the weights 
 pairs are merged into the weights (in fp32) and stored as one small merge file, so the run's model is the
 base plus its merge files applied in order: resumable, and the LoRA starts fresh each round as the paper's
 "LoRA merged back between rounds" asks. Sampling builds an engine over the current weights with the
-current LoRA folded in (rollouts are on-policy).
+current LoRA folded in (rollouts are on-policy). The model, its LoRA pairs, every batch and the sampling
+engines live on the policy's device; the files a run writes (merges, states) hold CPU tensors.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ...model.lora import merge_lora
 from ...model.step_audio import StepAudioForCausalLM
 from ...text.tokenizer import StepTokenizer
 from ..align import AlignConfig, AlignModel, Batch
+from ..training_state import on_cpu
 from . import distributed
 
 
@@ -60,12 +62,14 @@ class LogprobModule(nn.Module):
 
 class Policy:
     def __init__(self, assembly: Assembly, lora_rank: int, lora_alpha: float, decoder_dtype: str,
-                 lr_lora: float, lr_adapter: float, out: Path, parallel: str = "ddp"):
+                 lr_lora: float, lr_adapter: float, out: Path, parallel: str = "ddp",
+                 device: torch.device = torch.device("cpu")):
         cfg = AlignConfig(out=out, lora_rank=lora_rank, lora_alpha=lora_alpha, decoder_dtype=decoder_dtype,
                           lr_lora=lr_lora, lr_adapter=lr_adapter, adapter_hidden=assembly.config.audio.adapter_hidden)
         self.config = assembly.config
+        self.device = device
         self.tokenizer = StepTokenizer(assembly.tokenizer)
-        self.aligner = AlignModel(assembly, cfg)
+        self.aligner = AlignModel(assembly, cfg, device)
         self.scale = lora_alpha / lora_rank
         self.set_learning_rates(lr_lora, lr_adapter)
         self.module = distributed.wrap(LogprobModule(self.aligner), parallel, self.model.model.layers)
@@ -111,8 +115,10 @@ class Policy:
         return self.engine(self.folded_state(), **engine_options)
 
     def engine(self, state: dict[str, torch.Tensor], **engine_options) -> LLM:
-        """An engine over `folded_state()`'s weights (a separate fp32 copy: the engine prepacks its weights)."""
-        model = StepAudioForCausalLM(self.config)
+        """An engine over `folded_state()`'s weights (a separate fp32 copy: the engine prepacks its weights),
+        on the policy's device."""
+        with self.device:  # built there: no CPU copy of a GPU policy
+            model = StepAudioForCausalLM(self.config)
         model.load_state_dict(state, strict=True)
         model.eval()
         return LLM.from_model(model, self.tokenizer, **engine_options)
@@ -139,7 +145,7 @@ def merge_in_place(policy: Policy, path: Path) -> None:
     if distributed.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save(tensors, tmp)
+        torch.save(on_cpu(tensors), tmp)
         tmp.replace(path)
     distributed.barrier()
     full = distributed.full_state(policy.model)

@@ -239,7 +239,7 @@ def rl_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progress: bo
                    for _, c, _, _ in mine]
         batch = batch_from_ids(policy.tokenizer, prompts, targets, [g.task for g, _, _, _ in mine])
         logprobs, rows = policy.forward(batch)
-        token_adv = torch.tensor([a for _, _, a, _ in mine], dtype=logprobs.dtype)[rows]
+        token_adv = torch.tensor([a for _, _, a, _ in mine], dtype=logprobs.dtype, device=logprobs.device)[rows]
         if step % rl.epochs == 0:
             old = logprobs.detach()
             rollouts[("old", batch_index)] = old
@@ -322,9 +322,9 @@ def dpo(policy: Policy, cfg: MGRDConfig, folder: Path, progress: bool = True) ->
                 logprobs, rows = policy.forward(pair_batch([pr]))
                 refs.append(sequence_logprobs(logprobs, rows, 2))
         if distributed.is_main():
-            torch.save(torch.stack(refs), ref_path)
+            torch.save(torch.stack(refs).cpu(), ref_path)
         distributed.barrier()
-    refs = torch.load(ref_path, weights_only=True)
+    refs = torch.load(ref_path, weights_only=True).to(policy.device)
 
     def step_loss(step: int):
         rng = np.random.default_rng([cfg.seed, 11, step])

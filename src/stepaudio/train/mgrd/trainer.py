@@ -4,7 +4,8 @@ A stage gives `step_loss(step)`, which builds that step's global batch from the 
 rerun replays the same data) and returns this rank's share of the loss (its part of the sum over the global
 batch, divided by the global normaliser: the shares add up to the one-process loss) and a log record.
 The loop does the rest: learning rate, backward (DDP or FSDP averages the gradients), clipping, AdamW, saving
-(whole tensors, keyed by name, whatever the parallel mode).
+(whole tensors, keyed by name, whatever the parallel mode; a state.pt of the releases that keyed AdamW's
+state by parameter index is read too).
 """
 
 from __future__ import annotations
@@ -34,9 +35,35 @@ def _resume(policy: Policy, optimizer: torch.optim.Optimizer, state_path: Path, 
     saved = load_training_state(state_path, log_path, steps)
     if saved is None:
         return 0
+    optimizer_state = saved["optimizer"]
+    if any(isinstance(i, int) for group in optimizer_state["param_groups"] for i in group["params"]):
+        optimizer_state = _named_optimizer_state(policy, optimizer, saved, state_path)
     distributed.load_full(policy.model, saved["trainable"])
-    distributed.load_optimizer_state(policy.model, optimizer, saved["optimizer"])
+    distributed.load_optimizer_state(policy.model, optimizer, optimizer_state)
     return int(saved["step"])
+
+
+def _named_optimizer_state(policy: Policy, optimizer: torch.optim.Optimizer, saved: dict, state_path: Path) -> dict:
+    """An index-keyed AdamW state (`optimizer.state_dict()`, what releases before FSDP saved) keyed by
+    parameter name, as `distributed.optimizer_state` keys it. Index i of a group is the i-th parameter of
+    that group of `policy.parameter_groups()`, whose order has not changed since; the state is mapped only
+    where its groups, names and shapes agree with this stage's parameters, else refused in one line."""
+    old = saved["optimizer"]
+    names = {param: name for name, param in policy.model.named_parameters()}
+    groups = [[names[p] for p in group["params"]] for group in optimizer.param_groups]
+    shape = {names[p]: p.shape for group in optimizer.param_groups for p in group["params"]}
+    name_of = {}
+    if [len(g["params"]) for g in old["param_groups"]] == [len(g) for g in groups]:
+        name_of = {i: name for g, new in zip(old["param_groups"], groups) for i, name in zip(g["params"], new)}
+    state = {name_of.get(i): s for i, s in old["state"].items()}
+    agrees = (bool(name_of) and None not in state and set(saved["trainable"]) == set(shape)
+              and all(saved["trainable"][n].shape == shape[n] for n in shape)
+              and all(s["exp_avg"].shape == shape[n] for n, s in state.items()))
+    if not agrees:
+        raise ValueError(f"{state_path} was saved by an older stepaudio for other trainable parameters than this "
+                         f"stage trains; delete it to start {state_path.parent.name} again from step 0 (finished "
+                         f"stages are kept)")
+    return {"state": state, "param_groups": [{**g, "params": new} for g, new in zip(old["param_groups"], groups)]}
 
 
 def _save(policy: Policy, optimizer: torch.optim.Optimizer, state_path: Path, step: int) -> None:
