@@ -328,6 +328,9 @@ def test_every_stage_runs_and_a_rerun_resumes_without_redoing_work(tmp_path):
     chains = json.loads((out / "distill_round0" / "chains.json").read_text())
     assert chains["stats"]["audio_chains"] == 2 * 2  # two audio items, K = 2 chains each
     assert set(summary["tasks"]) == {"higher", "count"} and "before" in summary["tasks"]["higher"]
+    answers = [json.loads(line)["gold"] for line in (out / "evaluate_before" / "results.jsonl").open()
+               if "-higher-" in json.loads(line)["id"] and json.loads(line)["budget"] == "inf"]
+    assert summary["tasks"]["higher"]["fixed_answer_accuracy"] == max(map(answers.count, set(answers))) / len(answers)
     assert len((out / "distill_round0" / "log.jsonl").read_text().splitlines()) == 2
     changed = _rewritten_by(lambda: run_mgrd(cfg, progress=False, assembly=tiny_assembly()), out)
     assert not changed, changed

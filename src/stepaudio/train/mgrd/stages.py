@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ...engine.llm import LLM
 from ...engine.sampling import SamplingParams
@@ -44,16 +45,21 @@ def write_json(path: Path, value) -> None:
         tmp.replace(path)
 
 
-def _generate(llm: LLM, items: list[GroundedItem], params: SamplingParams, chunk: int = 16) -> list:
-    """Completions for this rank's share of `items`, gathered in item order: [(item index, completions)]."""
+def _generate(llm: LLM, items: list[GroundedItem], params: SamplingParams, chunk: int = 16,
+              desc: str = "sampling") -> list:
+    """Completions for this rank's share of `items`, gathered in item order: [(item index, completions)].
+    A progress bar on rank 0 (sampling hundreds of items takes minutes on a CPU)."""
     mine = distributed.shard(list(range(len(items))))
     out = []
+    bar = tqdm(total=len(mine), desc=desc, unit="item", disable=not distributed.is_main() or len(mine) <= chunk)
     for start in range(0, len(mine), chunk):
         ids = mine[start:start + chunk]
         prompts = [llm.prepare(items[i].messages(inline_audio=True)[0]) for i in ids]
         for i, result in zip(ids, llm.generate(prompts, params)):
             out.append((i, [{"reasoning": c.reasoning.strip(), "answer": c.content.strip(), "token_ids": c.token_ids,
                              "finish": c.finish_reason} for c in result.completions]))
+        bar.update(len(ids))
+    bar.close()
     return sorted(distributed.gather(out), key=lambda x: x[0])
 
 
@@ -107,7 +113,7 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
         items = sound_items(cfg.seed, cfg.data.tasks, cfg.data.items_per_task, False, f"distill{r}")
         items += text_items(cfg.seed, cfg.data.text_items, False, f"distill{r}")
         params = SamplingParams(n=d.chains, temperature=d.temperature, max_tokens=d.max_tokens, seed=cfg.seed + r)
-        results = _generate(_sampler(policy, cfg), items, params)
+        results = _generate(_sampler(policy, cfg), items, params, desc=f"distill round {r}: sampling")
         judge = RubricJudge(d.judge_url, d.judge_model) if d.judge_url else None
         tol = Tolerances(d.hz_tolerance, d.db_tolerance, d.seconds_tolerance)
         records, kept = [], []
@@ -193,7 +199,8 @@ def difficulty_filter(policy: Policy, cfg: MGRDConfig, r: int, folder: Path) -> 
         params = SamplingParams(n=rl.filter_samples, temperature=rl.temperature, max_tokens=rl.max_tokens,
                                 seed=cfg.seed + 100 + r)
         passes = {items[i].item.id: sum(_answered(c) and items[i].correct(c["answer"]) for c in cs)
-                  for i, cs in _generate(_sampler(policy, cfg), items, params)}
+                  for i, cs in _generate(_sampler(policy, cfg), items, params,
+                                                                   desc=f"RL round {r}: difficulty filter")}
         write_json(path, passes)
     distributed.barrier()
     passes = json.loads(path.read_text())
