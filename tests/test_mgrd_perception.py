@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from audio_measure import HOP, frame_rms, peak_hz, segments, spans, spectral_flatness, voiced_f0
+from mgrd_fixtures import tiny_assembly, tiny_config_for
 from stepaudio.evaluation.prompts import build_messages
 from stepaudio.inputs import prepare_chat
 from stepaudio.text.tiny_tokenizer import build_tiny_tokenizer
@@ -16,6 +18,7 @@ from stepaudio.text.tokenizer import StepTokenizer
 from stepaudio.train import sounds
 from stepaudio.train.mgrd import grounding, perception, spoken_style
 from stepaudio.train.mgrd.config import DataConfig, load_config
+from stepaudio.train.mgrd.pipeline import run_mgrd
 from stepaudio.train.mgrd.tasks import MAKERS, TASKS, sound_items, write_eval_items
 from stepaudio.train.questions import HELDOUT_REPEAT_SENTENCES, REPEAT_SENTENCES
 from stepaudio.train.sounds import SAMPLE_RATE
@@ -225,3 +228,16 @@ def test_two_clip_items_reach_the_prompt_as_two_audio_inputs(tmp_path):
     assert content[0]["type"] == "text" and len(content) == 3  # the question, then each clip
     (one,) = write_eval_items(sound_items(12, ("interval",), 1, True, "one"), tmp_path)
     assert one.audio == (str(tmp_path / "audio" / f"{one.id}.wav"),)  # one clip keeps the old file name
+
+
+def test_a_tiny_run_evaluates_and_distils_a_two_clip_task(tmp_path):
+    cfg = tiny_config_for(tmp_path / "run", budgets="0", stages=("data", "evaluate_before", "distill"),
+                          data=DataConfig(tasks=("clip_higher", "interval"), items_per_task=1, text_items=1,
+                                          heldout_per_task=1))
+    summary = run_mgrd(cfg, progress=False, assembly=tiny_assembly())
+    out = tmp_path / "run"
+    assert len(list((out / "heldout" / "audio").glob("heldout-clip_higher-0000-*.wav"))) == 2
+    assert set(summary["tasks"]) == {"clip_higher", "interval"}
+    assert {"clip_higher@0", "interval@0"} <= set(summary["stages"]["evaluate_before"])
+    chains = json.loads((out / "distill_round0" / "chains.json").read_text())
+    assert chains["stats"]["audio_chains"] == 2 * 2 and (out / "merges" / "00-distill_round0.pt").is_file()

@@ -86,7 +86,7 @@ def voice_pitch_item(rng: np.random.Generator, heldout: bool = False) -> Percept
 
 def emphasis_ssml(words: list[str], stressed: int | None) -> str:
     """SSML for `words` with a pause between them and strong emphasis on word `stressed` (None: none).
-    espeak-ng's default level was too weak to measure on some voices (the word no louder or longer: 8 of 80 items)."""
+    espeak-ng's default level was too weak on some voices (8 of 80 items: the word under 10 % louder x longer)."""
     pause = f' <break time="{WORD_PAUSE_MS}ms"/> '
     return "<speak>" + pause.join(f'<emphasis level="strong">{w}</emphasis>' if i == stressed else w
                                   for i, w in enumerate(words)) + "</speak>"
