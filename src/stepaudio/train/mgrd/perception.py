@@ -39,7 +39,8 @@ def shuffled(rng: np.random.Generator, choices: tuple[str, ...]) -> tuple[str, .
     return tuple(choices[int(i)] for i in rng.permutation(len(choices)))
 
 
-def _phrasing(rng: np.random.Generator, heldout: bool, train: tuple[str, ...], held: tuple[str, ...]) -> str:
+def phrasing(rng: np.random.Generator, heldout: bool, train: tuple[str, ...], held: tuple[str, ...]) -> str:
+    """One of the split's question phrasings (held-out items never use a training one)."""
     return str(rng.choice(held if heldout else train))
 
 
@@ -48,7 +49,7 @@ def interval_item(rng: np.random.Generator, heldout: bool = False) -> Perception
     f1 = float(rng.uniform(*INTERVAL_BASE[heldout]))
     answer = str(rng.choice(list(INTERVALS)))
     f2 = f1 * 2 ** (INTERVALS[answer] / 12)
-    question = _phrasing(rng, heldout, ("What interval separates the two tones?",
+    question = phrasing(rng, heldout, ("What interval separates the two tones?",
                                         "How far above the first tone is the second?"),
                          ("By what musical interval does the pitch rise from the first tone to the second?",))
     reasoning = (f"The first tone is about {f1:.0f} Hz and the second about {f2:.0f} Hz, a frequency ratio of "
@@ -78,7 +79,7 @@ def tempo_item(rng: np.random.Generator, heldout: bool = False) -> PerceptionIte
     wav = with_noise(np.concatenate([silence(rng.uniform(0.1, 0.3)), trains[0], silence(rng.uniform(1.2, 1.5)),
                                      trains[1], silence(0.2)]), rng)
     answer, _ = _ordinal_answer(first_faster)
-    question = _phrasing(rng, heldout, ("Which beat is faster, the first or the second?",
+    question = phrasing(rng, heldout, ("Which beat is faster, the first or the second?",
                                         "Two beat trains play one after the other. Which one is faster?"),
                          ("Of the two rhythms, which has the quicker tempo: the first or the second?",))
     reasoning = (f"I hear two trains of {freq:.0f} Hz beeps. The first has {counts[0]} beeps {gaps[0]:.2f} s apart "
@@ -103,7 +104,7 @@ def rhythm_item(rng: np.random.Generator, heldout: bool = False) -> PerceptionIt
     wav = with_noise(np.concatenate([silence(lead), beat_train(freq, wave, gaps), silence(0.2)]), rng)
     answer = "evenly spaced" if even else "uneven"
     onsets = lead + np.concatenate([[0.0], np.cumsum(gaps)])
-    question = _phrasing(rng, heldout, ("Are the beats evenly spaced or uneven?", "Is this rhythm steady or uneven?"),
+    question = phrasing(rng, heldout, ("Are the beats evenly spaced or uneven?", "Is this rhythm steady or uneven?"),
                          ("Do the beeps come at regular intervals, evenly spaced, or are they uneven?",))
     reasoning = (f"I hear {n} beeps of {freq:.0f} Hz starting at {', '.join(f'{t:.2f} s' for t in onsets)}; the gaps "
                  f"between them are {', '.join(f'{g:.2f} s' for g in gaps)}, so the beats are {answer}.")
@@ -131,7 +132,7 @@ def noise_item(rng: np.random.Generator, heldout: bool = False) -> PerceptionIte
     sound = tone(freq, seconds, level, wave) if is_tone else noise(seconds, level, heldout, rng)
     wav = with_noise(np.concatenate([silence(rng.uniform(0.1, 0.3)), sound, silence(0.2)]), rng)
     answer = "a steady tone" if is_tone else "noise"
-    question = _phrasing(rng, heldout, ("Is this a steady tone or noise?", "Do you hear a tone or noise?"),
+    question = phrasing(rng, heldout, ("Is this a steady tone or noise?", "Do you hear a tone or noise?"),
                          ("Is the sound in this clip noise, or a steady tone with one pitch?",))
     heard = (f"its energy sits at one frequency near {freq:.0f} Hz" if is_tone else
              "its energy is spread over a wide band of frequencies with no single pitch")
@@ -153,7 +154,7 @@ def clip_higher_item(rng: np.random.Generator, heldout: bool = False) -> Percept
     first_higher = bool(rng.random() < 0.5)
     f1, f2 = (low * ratio, low) if first_higher else (low, low * ratio)
     answer = "the first clip" if first_higher else "the second clip"
-    question = _phrasing(rng, heldout, ("Which clip has the higher tone, the first clip or the second?",
+    question = phrasing(rng, heldout, ("Which clip has the higher tone, the first clip or the second?",
                                         "In which of the two clips is the pitch higher?"),
                          ("Comparing the two recordings, which clip's tone is higher: the first clip or the second?",))
     reasoning = (f"The first clip holds a tone of about {f1:.0f} Hz and the second clip one of about {f2:.0f} Hz, "

@@ -16,7 +16,7 @@ import numpy as np
 from ..questions import HELDOUT_REPEAT_SENTENCES, REPEAT_SENTENCES
 from ..sounds import SAMPLE_RATE, silence, with_noise
 from ..speech import HELDOUT_ESPEAK_VOICES, TRAIN_ESPEAK_VOICES, Voice, espeak, speak
-from .perception import PerceptionItem, shuffled
+from .perception import PerceptionItem, phrasing, shuffled
 
 # Words per minute (espeak-ng's -s): slow and fast, training and held-out ranges disjoint.
 RATE_WPM = {(False, "slow"): (100.0, 125.0), (False, "fast"): (230.0, 280.0),
@@ -59,8 +59,9 @@ def rate_item(rng: np.random.Generator, heldout: bool = False) -> PerceptionItem
     sentence = str(rng.choice(HELDOUT_REPEAT_SENTENCES if heldout else REPEAT_SENTENCES))
     speech = _trimmed(speak(sentence, voice))
     seconds, words = len(speech) / SAMPLE_RATE, len(sentence.split())
-    question = str(rng.choice(("How would you describe the speaking rate: fast or slow?",) if heldout else
-                              ("Is the speaker talking fast or slow?", "Is this sentence spoken quickly or slowly?")))
+    question = phrasing(rng, heldout, ("Is the speaker talking fast or slow?",
+                                       "Is this sentence spoken quickly or slowly?"),
+                        ("How would you describe the speaking rate: fast or slow?",))
     reasoning = (f"I hear a sentence of {words} words that lasts {seconds:.1f} s, {words / seconds:.1f} words a "
                  f"second, so the speech is {answer}.")
     return PerceptionItem("rate", (_spoken(rng, speech),), question, answer, shuffled(rng, ("fast", "slow")),
@@ -75,8 +76,9 @@ def voice_pitch_item(rng: np.random.Generator, heldout: bool = False) -> Percept
     setting = float(rng.uniform(*PITCH_SETTING[heldout, answer]))
     voice = Voice("espeak", name, float(rng.uniform(0.85, 1.15)), setting / 50)
     sentence = str(rng.choice(HELDOUT_REPEAT_SENTENCES if heldout else REPEAT_SENTENCES))
-    question = str(rng.choice(("Would you call this voice high-pitched or low-pitched: high or low?",) if heldout else
-                              ("Is the speaker's voice high or low?", "Does the speaker have a high or a low voice?")))
+    question = phrasing(rng, heldout, ("Is the speaker's voice high or low?",
+                                       "Does the speaker have a high or a low voice?"),
+                        ("Would you call this voice high-pitched or low-pitched: high or low?",))
     heard = "a bright, high voice: its pitch stays high" if answer == "high" else "a deep voice: its pitch stays low"
     reasoning = f"I hear {heard} through the whole sentence, so the voice is {answer}."
     return PerceptionItem("voice_pitch", (_spoken(rng, speak(sentence, voice)),), question, answer,
@@ -100,8 +102,9 @@ def emphasis_item(rng: np.random.Generator, heldout: bool = False) -> Perception
                   float(rng.uniform(0.8, 1.2)))
     speech = espeak(emphasis_ssml(words, stressed), voice.name, voice.speed, voice.pitch, ssml=True)
     answer = words[stressed].rstrip(".")
-    question = str(rng.choice(("Listen to the sentence: which word carries the emphasis?",) if heldout else
-                              ("Which word does the speaker stress?", "Which word is emphasised in this sentence?")))
+    question = phrasing(rng, heldout, ("Which word does the speaker stress?",
+                                       "Which word is emphasised in this sentence?"),
+                        ("Listen to the sentence: which word carries the emphasis?",))
     reasoning = (f"I hear the word {answer} stand out with more force than in plain speech, louder or drawn out "
                  f"longer, so the speaker stresses {answer}.")
     return PerceptionItem("emphasis", (_spoken(rng, np.clip(speech, -1, 1)),), question, answer,
