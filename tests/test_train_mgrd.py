@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from audio_measure import peak_hz, segments
 from mgrd_fixtures import tiny_assembly, tiny_config_for, tiny_policy
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from stepaudio.engine.sampling import SamplingParams
@@ -31,45 +32,23 @@ from stepaudio.train.mgrd.policy import Policy, merge_in_place, replay_merges, r
 from stepaudio.train.mgrd.stages import sft
 from stepaudio.train.mgrd.tasks import sound_items, text_items
 from stepaudio.train.mgrd.trainer import train_steps
-from stepaudio.train.sounds import SAMPLE_RATE
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- data: answers measured from the audio
 
-def _segments(wav: np.ndarray) -> list[np.ndarray]:
-    """The sounding parts: 10 ms RMS above 0.02 (the noise floor is below 0.006, the quietest tone 0.05)."""
-    hop = SAMPLE_RATE // 100
-    rms = np.sqrt([np.mean(wav[i:i + hop] ** 2) for i in range(0, len(wav) - hop, hop)])
-    on = rms > 0.02
-    out, start = [], None
-    for i, flag in enumerate(np.append(on, False)):
-        if flag and start is None:
-            start = i
-        elif not flag and start is not None:
-            if i - start >= 5:
-                out.append(wav[start * hop:i * hop])
-            start = None
-    return out
-
-
-def _peak_hz(x: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)), n=1 << 16))
-    return float(np.argmax(spectrum) * SAMPLE_RATE / (1 << 16))
-
-
 def _measured_answer(task: str, wav: np.ndarray) -> str:
-    parts = _segments(wav)
+    parts = segments(wav)
     if task == "count":
         return str(len(parts))
     if task == "direction":
         (sweep,) = parts
         fifth = len(sweep) // 5
-        return "rising" if _peak_hz(sweep[-fifth:]) > _peak_hz(sweep[:fifth]) else "falling"
+        return "rising" if peak_hz(sweep[-fifth:]) > peak_hz(sweep[:fifth]) else "falling"
     first, second = parts
     if task == "higher":
-        a, b = _peak_hz(first), _peak_hz(second)
+        a, b = peak_hz(first), peak_hz(second)
     elif task == "louder":
         a, b = np.sqrt(np.mean(first ** 2)), np.sqrt(np.mean(second ** 2))
     else:
@@ -81,20 +60,20 @@ def _measured_answer(task: str, wav: np.ndarray) -> str:
 def test_every_answer_is_what_the_audio_measures(heldout):
     items = sound_items(3, ("higher", "louder", "longer", "direction", "count"), 6, heldout, "check")
     for g in items:
-        assert _measured_answer(g.task, g.wav) == g.item.answer, g.item.id
+        assert _measured_answer(g.task, g.clips[0]) == g.item.answer, g.item.id
         assert g.correct(g.reply) and not g.correct("I am not sure.")
     # the first tone is drawn from 1300-2200 Hz for held-out items, from 250-1200 Hz for training
-    firsts = [_peak_hz(_segments(g.wav)[0]) for g in items if g.task == "higher"]
+    firsts = [peak_hz(segments(g.clips[0])[0]) for g in items if g.task == "higher"]
     assert all((f > 1250) == heldout for f in firsts), firsts
 
 
 def test_item_sets_do_not_overlap_and_text_items_score():
     a = sound_items(0, ("higher",), 4, False, "distill0")
     b = sound_items(0, ("higher",), 4, False, "distill1")
-    assert not any(np.array_equal(x.wav, y.wav) for x in a for y in b)
-    assert all(np.array_equal(x.wav, y.wav) for x, y in zip(a, sound_items(0, ("higher",), 4, False, "distill0")))
+    assert not any(np.array_equal(x.clips[0], y.clips[0]) for x in a for y in b)
+    assert all(np.array_equal(x.clips[0], y.clips[0]) for x, y in zip(a, sound_items(0, ("higher",), 4, False, "distill0")))
     (t,) = text_items(0, 1, False, "t")
-    assert t.correct(f"The answer is {t.item.answer}.") and t.wav is None
+    assert t.correct(f"The answer is {t.item.answer}.") and t.clips == ()
     a, b = (int(x) for x in t.item.question.split("?")[0].split() if x.isdigit())
     assert t.correct(f"{a} {'plus' if int(t.item.answer) == a + b else 'minus'} {b} equals {t.item.answer}.")
 

@@ -135,10 +135,11 @@ def _via_file(cmd_for: Callable[[str], list[str]], engine: str, stdin: bytes | N
         return _read_wav(path.read_bytes())
 
 
-def espeak(text: str, voice: str, speed: float = 1.0, pitch: float = 1.0) -> np.ndarray:
-    """espeak-ng (words per minute 165 x speed, pitch 50 x pitch); "mb-*" voices go through MBROLA."""
-    out = _run(["espeak-ng", "-v", voice, "-s", str(int(165 * speed)), "-p", str(int(np.clip(50 * pitch, 0, 99))),
-                "--stdout", text], "espeak")
+def espeak(text: str, voice: str, speed: float = 1.0, pitch: float = 1.0, ssml: bool = False) -> np.ndarray:
+    """espeak-ng (words per minute 165 x speed, pitch 50 x pitch); "mb-*" voices go through MBROLA. `ssml`:
+    `text` is SSML (<speak>, <emphasis>, <break/>)."""
+    out = _run(["espeak-ng", "-v", voice, "-s", str(int(165 * speed)), "-p", str(int(np.clip(50 * pitch, 0, 99)))]
+               + (["-m"] if ssml else []) + ["--stdout", text], "espeak")
     if len(out) <= 44:
         raise SynthesisError(f"espeak-ng wrote no audio for voice {voice!r}"
                              + (" (is its mbrola voice installed?)" if voice.startswith("mb-") else ""))

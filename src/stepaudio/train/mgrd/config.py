@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from ..device import check_device_choice
-from ..sounds import TASKS as SOUND_TASKS
+from .tasks import TASKS
 
 ESTIMATORS = ("grpo", "rloo", "mean")
 PARALLEL = ("ddp", "fsdp")
@@ -122,9 +122,9 @@ class MGRDConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        unknown = [t for t in self.data.tasks if t not in SOUND_TASKS]
+        unknown = [t for t in self.data.tasks if t not in TASKS]
         if unknown:
-            raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(SOUND_TASKS)}")
+            raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
         if self.rl.estimator not in ESTIMATORS:
             raise ValueError(f"rl.estimator must be one of {', '.join(ESTIMATORS)}, not {self.rl.estimator!r}")
         check_parallel(self.parallel)

@@ -135,7 +135,7 @@ def _largest_budget(budgets: str) -> str:
 
 
 def summarise(cfg: MGRDConfig, results: dict) -> dict:
-    from ..sounds import CHANCE
+    from .tasks import CHANCE
 
     summary: dict = {"stages": results, "tasks": {}}
     before, after = results.get("evaluate_before", {}), results.get("evaluate_after", {})

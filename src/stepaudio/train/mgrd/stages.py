@@ -273,7 +273,7 @@ def _prepare(policy: Policy, g: GroundedItem):
 def _probe_items(cfg: MGRDConfig, n: int, tag: str) -> list[GroundedItem]:
     items = sound_items(cfg.seed, cfg.data.tasks, max(1, math.ceil(n / len(cfg.data.tasks))), False, tag)[:n]
     return [GroundedItem(replace(g.item, question=PROBE_QUESTIONS[i % len(PROBE_QUESTIONS)], style="short", choices=()),
-                         g.wav, g.reference, g.reply) for i, g in enumerate(items)]
+                         g.clips, g.reference, g.reply) for i, g in enumerate(items)]
 
 
 def denial_rate(policy: Policy, cfg: MGRDConfig) -> tuple[float, list[dict]]:
