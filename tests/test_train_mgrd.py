@@ -382,7 +382,9 @@ def test_torchrun_two_processes_give_the_one_process_update(tmp_path, one_proces
     for part in ("final", "merge", "folded"):
         assert a[part].keys() == b[part].keys(), part
         for k in a[part]:
-            torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-4, atol=1e-6)
+            # Batches of two rows and of four round differently in fp32 kernels: after three Adam steps up to
+            # 1e-5 apart on an AVX-512 EPYC. A rank whose gradients were not averaged is off by about lr = 1e-2.
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-3, atol=3e-5)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (torchrun over nccl, one GPU each)")
@@ -428,3 +430,20 @@ def test_torchrun_fsdp_runs_every_stage_from_the_command_line(tmp_path, tiny_dir
     assert {"before", "after"} <= set(summary["tasks"]["higher"])
     changed = _rewritten_by(run, out)
     assert not changed, changed
+
+
+def test_evaluate_each_stage_measures_the_held_out_items_after_every_training_unit(tmp_path):
+    """Two distill rounds then evaluate_after: the first round gets its own evaluation, the second is the
+    run's evaluate_after (not evaluated twice); summary.json lists the accuracy stage by stage."""
+    cfg = tiny_config_for(tmp_path / "run", stages=("data", "evaluate_before", "distill", "evaluate_after"),
+                          evaluate_each_stage=True)
+    cfg.distill.rounds = 2
+    summary = run_mgrd(cfg, progress=False, assembly=tiny_assembly())
+    out = tmp_path / "run"
+    assert (out / "evaluate_after_distill_round0" / "results.jsonl").is_file()
+    assert not (out / "evaluate_after_distill_round1").exists()
+    assert list(summary["by_stage"]) == ["evaluate_before", "evaluate_after_distill_round0", "evaluate_after"]
+    for name, row in summary["by_stage"].items():
+        records = [json.loads(line) for line in (out / name / "results.jsonl").open()]
+        higher = [r for r in records if r["category"] == "higher" and r["budget"] == "inf"]
+        assert row["higher"] == sum(bool(r["correct"]) for r in higher) / len(higher)

@@ -99,6 +99,9 @@ class MGRDConfig:
     seed: int = 0
     stages: tuple[str, ...] = ("data", "evaluate_before", "distill", "rl", "dpo", "evaluate_after")
     budgets: str = "0,32,64,128,inf"  # the thinking-budget sweep before and after
+    # Also evaluate the held-out items after every training unit (each distill and RL round, DPO), in
+    # `evaluate_after_<unit>/`, except the last when `evaluate_after` follows it: accuracy stage by stage.
+    evaluate_each_stage: bool = False
     eval_max_tokens: int = 160
     lora_rank: int = 8
     lora_alpha: float = 16.0

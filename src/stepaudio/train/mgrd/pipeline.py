@@ -27,6 +27,9 @@ def _log(folder: Path, message: str) -> None:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
+TRAINING = ("distill", "rl", "dpo")  # the stages that train and end in a merge
+
+
 def _plan(cfg: MGRDConfig) -> list[tuple[str, str]]:
     """(stage kind, folder name) in run order; training units end in a merge."""
     plan = []
@@ -37,7 +40,15 @@ def _plan(cfg: MGRDConfig) -> list[tuple[str, str]]:
             plan += [("rl", f"rl_round{r}") for r in range(cfg.rl.rounds)]
         else:
             plan.append((stage, stage))
-    return plan
+    if not cfg.evaluate_each_stage:
+        return plan
+    staged = []
+    for i, (kind, name) in enumerate(plan):
+        staged.append((kind, name))
+        following = plan[i + 1][0] if i + 1 < len(plan) else None
+        if kind in TRAINING and following != "evaluate_after":
+            staged.append(("evaluate_stage", f"evaluate_after_{name}"))
+    return staged
 
 
 def starting_model(cfg: MGRDConfig):
@@ -79,7 +90,7 @@ def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
     for kind, name in _plan(cfg):
         folder = out / name
         stats_path = folder / "stats.json"
-        is_training = kind in ("distill", "rl", "dpo")
+        is_training = kind in TRAINING
         merge_path = out / "merges" / f"{trained:02d}-{name}.pt"
         done = merge_path.is_file() if is_training else stats_path.is_file()
         distributed.barrier()  # all ranks look before rank 0 writes this stage's files: they agree on `done`
@@ -151,4 +162,8 @@ def summarise(cfg: MGRDConfig, results: dict) -> dict:
                 row[label] = {"correct": cell["correct"], "n": cell["n"], "accuracy": cell["accuracy"],
                               "sd_above_chance": round(binomial_margin(cell["correct"], cell["n"], CHANCE[task]), 2)}
         summary["tasks"][task] = row
+    budget = _largest_budget(cfg.budgets)
+    summary["by_stage"] = {name: {task: ev[f"{task}@{budget}"]["accuracy"] for task in cfg.data.tasks
+                                  if f"{task}@{budget}" in ev}
+                           for name, ev in results.items() if name.startswith("evaluate")}
     return summary
