@@ -28,7 +28,7 @@ from stepaudio.train.mgrd import grounding
 from stepaudio.train.mgrd.config import load_config
 from stepaudio.train.mgrd.objectives import advantages, audio_reward, dpo_loss, policy_loss, sft_loss
 from stepaudio.train.mgrd.pipeline import binomial_margin, run_mgrd
-from stepaudio.train.mgrd.policy import Policy, merge_in_place, replay_merges, reset_lora
+from stepaudio.train.mgrd.policy import Policy, load_folder, merge_in_place, replay_merges, reset_lora
 from stepaudio.train.mgrd.stages import sft
 from stepaudio.train.mgrd.tasks import sound_items, text_items
 from stepaudio.train.mgrd.trainer import train_steps
@@ -311,6 +311,16 @@ def test_every_stage_runs_and_a_rerun_resumes_without_redoing_work(tmp_path):
                if "-higher-" in json.loads(line)["id"] and json.loads(line)["budget"] == "inf"]
     assert summary["tasks"]["higher"]["fixed_answer_accuracy"] == max(map(answers.count, set(answers))) / len(answers)
     assert len((out / "distill_round0" / "log.jsonl").read_text().splitlines()) == 2
+    exported = load_folder(out / "model").state  # the trained model: the base with every merge applied
+    replayed, base = tiny_assembly(), tiny_assembly().state
+    assert replay_merges(replayed, out, cfg.lora_alpha / cfg.lora_rank) == len(MERGES)
+    assert exported.keys() == replayed.state.keys()
+    for k, v in replayed.state.items():
+        # The decoder trains in the run's decoder dtype (bf16 where the CPU has bf16 kernels): equal up to its
+        # rounding; the adaptor is fp32 throughout.
+        scale = 1e-5 if k.startswith("adapter.") else 2 ** -7
+        assert float((exported[k] - v).abs().max()) <= scale * float(v.abs().max()), k
+    assert any(not torch.equal(exported[k], base[k]) for k in base if k.startswith("adapter."))
     changed = _rewritten_by(lambda: run_mgrd(cfg, progress=False, assembly=tiny_assembly()), out)
     assert not changed, changed
 

@@ -122,12 +122,34 @@ def run_mgrd(cfg: MGRDConfig, progress: bool = True, assembly=None) -> dict:
         results[name] = stats
     summary = summarise(cfg, results)
     stages.write_json(out / "summary.json", summary)
+    export_model(policy, assembly, cfg)
     if distributed.is_main() and "evaluate_before" in results and "evaluate_after" in results:
         from .report import plot_before_after
 
         plot_before_after(results["evaluate_before"], results["evaluate_after"], list(cfg.data.tasks),
                           out / "sweep_before_after.png", f"MGRD {out.name}: held-out sound tasks")
     return summary
+
+
+def export_model(policy: Policy, assembly, cfg: MGRDConfig) -> Path:
+    """The trained model as a checkpoint folder in the official layout (`out/model`), written once when every
+    stage is done: what `stepaudio serve --model` and `train evaluate` take. fp32, the weights the run
+    evaluated (a rank-8 merge is below bf16's resolution on many weights). A collective under FSDP; rank 0
+    writes."""
+    import torch
+
+    from ...default_model.assemble import Assembly, write_assembly
+
+    folder = cfg.out / "model"
+    if not (folder / "config.json").is_file():
+        state = policy.folded_state()
+        if distributed.is_main():
+            provenance = {"mgrd_config": json.loads(json.dumps(asdict(cfg), default=str)),
+                          "merges": [p.name for p in sorted((cfg.out / "merges").glob("*.pt"))]}
+            write_assembly(Assembly(assembly.config, state, assembly.tokenizer), folder, torch.float32,
+                           provenance=provenance)
+    distributed.barrier()
+    return folder
 
 
 def data_stage(cfg: MGRDConfig) -> dict:
