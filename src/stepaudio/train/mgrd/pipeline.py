@@ -172,19 +172,21 @@ def summarise(cfg: MGRDConfig, results: dict) -> dict:
 
     summary: dict = {"stages": results, "tasks": {}}
     before, after = results.get("evaluate_before", {}), results.get("evaluate_after", {})
-    answers = Counter((g.task, g.item.answer) for g in stages.heldout(cfg))
+    budget = _largest_budget(cfg.budgets)
+    answers = {task: Counter() for task in cfg.data.tasks}
+    for g in stages.heldout(cfg):
+        answers[g.task][g.item.answer] += 1
     for task in cfg.data.tasks:
         # A model that gives one fixed answer scores the commonest answer's share, which on a small held-out
         # set can sit well above chance: a lift is read against both.
-        row: dict = {"fixed_answer_accuracy": max((c for (t, _), c in answers.items() if t == task), default=0)
+        row: dict = {"fixed_answer_accuracy": max(answers[task].values(), default=0)
                      / max(1, cfg.data.heldout_per_task)}
         for label, ev in (("before", before), ("after", after)):
-            cell = ev.get(f"{task}@{_largest_budget(cfg.budgets)}")
+            cell = ev.get(f"{task}@{budget}")
             if cell:
                 row[label] = {"correct": cell["correct"], "n": cell["n"], "accuracy": cell["accuracy"],
                               "sd_above_chance": round(binomial_margin(cell["correct"], cell["n"], CHANCE[task]), 2)}
         summary["tasks"][task] = row
-    budget = _largest_budget(cfg.budgets)
     summary["by_stage"] = {name: {task: ev[f"{task}@{budget}"]["accuracy"] for task in cfg.data.tasks
                                   if f"{task}@{budget}" in ev}
                            for name, ev in results.items() if name.startswith("evaluate")}

@@ -198,9 +198,9 @@ def difficulty_filter(policy: Policy, cfg: MGRDConfig, r: int, folder: Path) -> 
     if not path.is_file():
         params = SamplingParams(n=rl.filter_samples, temperature=rl.temperature, max_tokens=rl.max_tokens,
                                 seed=cfg.seed + 100 + r)
+        results = _generate(_sampler(policy, cfg), items, params, desc=f"RL round {r}: difficulty filter")
         passes = {items[i].item.id: sum(_answered(c) and items[i].correct(c["answer"]) for c in cs)
-                  for i, cs in _generate(_sampler(policy, cfg), items, params,
-                                                                   desc=f"RL round {r}: difficulty filter")}
+                  for i, cs in results}
         write_json(path, passes)
     distributed.barrier()
     passes = json.loads(path.read_text())
