@@ -39,6 +39,7 @@ def tiny_config_for(out: Path, **kw) -> MGRDConfig:
                     sft=SFTConfig(steps=2, batch_size=2, warmup=1),
                     rl=RLConfig(steps_per_round=1, prompts_per_step=1, group_size=2, filter_samples=2, filter_low=0,
                                 filter_high=2, filter_pool=2, max_tokens=8),
-                    dpo=DPOConfig(pairs=1, steps=1, batch_size=1, probes=1))
+                    dpo=DPOConfig(pairs=1, steps=1, batch_size=1, probes=1,
+                                    skip_without_denials=False))  # a random model never denies: train anyway
     settings.update(kw)
     return MGRDConfig(**settings)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from audio_measure import peak_hz, segments
+from stepaudio.train.mgrd.config import DPOConfig
 from mgrd_fixtures import tiny_assembly, tiny_config_for, tiny_policy
 from model_fixtures import tiny_dir  # noqa: F401  (fixture)
 from stepaudio.engine.sampling import SamplingParams
@@ -110,6 +111,24 @@ def test_quantity_check_rejects_invented_numbers():
     assert verdict.lexical and not verdict.quantities and not verdict.keep
     assert grounding.check_chain(GROUNDED, "the first", True, TRUTH, "Which is higher?").keep
     assert not grounding.check_chain(GROUNDED, "the second", False, TRUTH, "Which is higher?").keep
+
+
+LOUDER_TRUTH = "Both tones are about 1100 Hz. The first peaks near -8 dB and the second near -20 dB, so the first is louder."
+PITCH_TEMPLATE = "There are two tones. The first is about 1162 Hz and the second about 952 Hz, so the first tone is louder."
+
+
+def test_a_chain_must_cite_the_cue_its_answer_depends_on():
+    # the pitch template argues a loudness answer from frequencies near the clip's: the quantities pass
+    verdict = grounding.check_chain(PITCH_TEMPLATE, "the first", True, LOUDER_TRUTH, "Which is louder?", task="louder")
+    assert verdict.lexical and verdict.quantities and not verdict.cue and not verdict.keep
+    assert grounding.check_chain(PITCH_TEMPLATE, "the first", True, LOUDER_TRUTH, "Which is louder?").keep  # no task
+    levels = "The first tone peaks near -9 dB and the second is much quieter, about -19 dB, so the first is louder."
+    assert grounding.check_chain(levels, "the first", True, LOUDER_TRUTH, "Which is louder?", task="louder").keep
+    # the generator's own reasoning cites its task's cue; its answer sentence alone does not
+    for g in sound_items(4, tuple(grounding.TASK_CUES), 3, False, "cue"):
+        assert grounding.cites_task_cue(g.task, g.reference), g.reference
+        if g.task in ("higher", "louder", "direction"):
+            assert not grounding.cites_task_cue(g.task, g.reply), g.reply
 
 
 def test_rubric_verdicts_parse_and_the_judge_talks_to_an_openai_server(tiny_dir):  # noqa: F811
@@ -323,6 +342,21 @@ def test_every_stage_runs_and_a_rerun_resumes_without_redoing_work(tmp_path):
     assert any(not torch.equal(exported[k], base[k]) for k in base if k.startswith("adapter."))
     changed = _rewritten_by(lambda: run_mgrd(cfg, progress=False, assembly=tiny_assembly()), out)
     assert not changed, changed
+
+
+def test_dpo_skips_its_updates_when_no_probe_reply_denies_hearing(tmp_path):
+    cfg = tiny_config_for(tmp_path / "run", stages=("data", "dpo"), decoder_dtype="float32", dpo=DPOConfig(pairs=1, steps=1, batch_size=1,
+                                                                                 probes=1, skip_without_denials=True))
+    run_mgrd(cfg, progress=False, assembly=tiny_assembly())
+    folder = tmp_path / "run" / "dpo"
+    before = json.loads((folder / "before.json").read_text())
+    assert before["denial_rate"] == 0 and before["replies"]  # measured on the probe replies
+    stats = json.loads((folder / "stats.json").read_text())
+    assert stats["skipped"] and stats["pairs"] == 0 and not (folder / "pairs.json").exists()
+    merge = torch.load(tmp_path / "run" / "merges" / "00-dpo.pt", weights_only=True)
+    assert merge and all(float(v.abs().max()) == 0 for k, v in merge.items() if k.endswith("lora_B"))
+    exported, base = load_folder(tmp_path / "run" / "model").state, tiny_assembly().state
+    assert all(torch.equal(exported[k], base[k]) for k in base)  # nothing was trained
 
 
 def test_binomial_margin():

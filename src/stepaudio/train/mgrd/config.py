@@ -90,6 +90,10 @@ class DPOConfig:
     beta: float = 0.1
     lr_lora: float = 1e-4
     probes: int = 16                 # probe items for the self-cognition error rate, before and after
+    # Skip the updates when no probe reply denies hearing: the stage then only measures the rate. The paper's
+    # model did deny hearing; on one that never does, DPO against a fixed denial has nothing to correct and
+    # was measured to undo an RL lift (docs/MGRD.md, 4 Dec 2026) [I]. false: always train.
+    skip_without_denials: bool = True
 
 
 @dataclass

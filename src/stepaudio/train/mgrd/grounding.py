@@ -6,6 +6,7 @@ judge nor a detector (training_realtime_eval.md §1.4). Here, cheapest first:
   says", "I cannot hear", "as a text model" ...): grounded needs enough of the first and none of the second;
 - quantities: every frequency, level and duration a chain states must match one the generator used (the
   model at chance invents "1031 Hz" for a 2069 Hz tone: that chain is rejected even when the answer is right);
+- task cue: the chain cites what its task's answer depends on (a level for loudness, a frequency for pitch);
 - rubric judge: any OpenAI-compatible chat model answers GROUNDED/SURROGATE and COHERENT/INCOHERENT.
 """
 
@@ -31,6 +32,18 @@ SURROGATE_PHRASES = (
 )
 DENIAL_PHRASES = tuple(p for p in SURROGATE_PHRASES if p.startswith(("i ", "i'm", "as ", "unable", "cannot", "can't",
                                                                      "no audio", "do not", "don't", "without")))
+# The cue a task's answer depends on, which a faithful chain must cite (besides its conclusion: "louder" in
+# "so the first is louder" is not a reason). A loudness answer argued from two frequencies is right for a
+# reason that is not the loudness; the quantity check alone passes it when the frequencies are near the
+# clip's. Tasks not named here are not checked for a cue.
+TASK_CUES = {
+    "higher": ("pitch", "hz", "hertz", "khz", "frequency"),
+    "louder": ("db", "decibel", "decibels", "level", "levels", "volume", "loudness", "amplitude", "quiet", "quieter",
+               "soft", "softer", "intensity"),
+    "direction": ("start", "starts", "begins", "end", "ends", "sweep", "glides", "moves"),
+    "longer": ("s", "seconds", "duration", "lasts", "last"),
+    "count": ("beep", "beeps", "onsets", "starting", "times"),
+}
 _WORD = re.compile(r"[a-z]+")
 _QUANTITY = re.compile(r"(\d+(?:\.\d+)?)\s*(hz|hertz|khz|db|decibels?|s|sec|secs|seconds?|ms)\b")
 
@@ -46,6 +59,12 @@ def lexical_counts(text: str) -> tuple[int, int]:
 def lexically_grounded(text: str, min_terms: int = 2) -> bool:
     acoustic, surrogate = lexical_counts(text)
     return surrogate == 0 and acoustic >= min_terms
+
+
+def cites_task_cue(task: str | None, text: str) -> bool:
+    """The chain names the cue its task's answer depends on (`TASK_CUES`; True for tasks without one)."""
+    cues = TASK_CUES.get(task or "")
+    return cues is None or any(w in cues for w in _WORD.findall(text.lower()))
 
 
 def claims_no_hearing(text: str) -> bool:
@@ -132,10 +151,11 @@ class ChainVerdict:
     quantities: bool
     judged: bool | None       # None: no judge configured
     coherent: bool | None
+    cue: bool = True          # cites the cue its task's answer depends on
 
     @property
     def grounded(self) -> bool:
-        return self.lexical and self.quantities and self.judged is not False
+        return self.lexical and self.quantities and self.cue and self.judged is not False
 
     @property
     def keep(self) -> bool:
@@ -143,11 +163,14 @@ class ChainVerdict:
 
 
 def check_chain(reasoning: str, answer: str | None, correct: bool, truth: str, question: str,
-                min_terms: int = 2, tol: Tolerances = Tolerances(), judge: RubricJudge | None = None) -> ChainVerdict:
-    """All three filters; the judge is asked only about chains the cheap checks kept."""
+                min_terms: int = 2, tol: Tolerances = Tolerances(), judge: RubricJudge | None = None,
+                task: str | None = None) -> ChainVerdict:
+    """Every filter (the task cue only where `task` is given); the judge is asked only about chains the cheap
+    checks kept."""
     lexical = lexically_grounded(reasoning, min_terms)
     agree = quantities_agree(reasoning, truth, tol)
+    cue = cites_task_cue(task, reasoning)
     judged = coherent = None
-    if judge is not None and correct and lexical and agree:
+    if judge is not None and correct and lexical and agree and cue:
         judged, coherent = judge.verdict(question, reasoning, answer or "")
-    return ChainVerdict(correct, lexical, agree, judged, coherent)
+    return ChainVerdict(correct, lexical, agree, judged, coherent, cue)

@@ -77,6 +77,11 @@ def heldout(cfg: MGRDConfig) -> list[GroundedItem]:
     return sound_items(cfg.seed + 1000, cfg.data.tasks, cfg.data.heldout_per_task, heldout=True, tag="heldout")
 
 
+def training_items(cfg: MGRDConfig, per_task: int, tag: str) -> list[GroundedItem]:
+    """Training sound items of the run's tasks."""
+    return sound_items(cfg.seed, cfg.data.tasks, per_task, False, tag)
+
+
 def evaluate(policy: Policy, cfg: MGRDConfig, folder: Path, progress: bool = True) -> dict:
     """Held-out accuracy per task at every thinking budget (greedy); the sweep report and plot. Every rank
     calls it (under FSDP gathering the weights is a collective); rank 0 evaluates, the others return {}."""
@@ -110,8 +115,7 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
     if chains_path.is_file():
         kept = json.loads(chains_path.read_text())["kept"]
     else:
-        items = sound_items(cfg.seed, cfg.data.tasks, cfg.data.items_per_task, False, f"distill{r}")
-        items += text_items(cfg.seed, cfg.data.text_items, False, f"distill{r}")
+        items = _distill_items(cfg, r)
         params = SamplingParams(n=d.chains, temperature=d.temperature, max_tokens=d.max_tokens, seed=cfg.seed + r)
         results = _generate(_sampler(policy, cfg), items, params, desc=f"distill round {r}: sampling")
         judge = RubricJudge(d.judge_url, d.judge_model) if d.judge_url else None
@@ -126,8 +130,8 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
                        "answer": c["answer"], "correct": correct}
                 if g.is_audio:
                     v = check_chain(c["reasoning"], c["answer"], correct, g.reference, g.item.question,
-                                    d.min_acoustic_terms, tol, judge)
-                    rec.update({k2: getattr(v, k2) for k2 in ("lexical", "quantities", "judged", "coherent")},
+                                    d.min_acoustic_terms, tol, judge, g.task)
+                    rec.update({k2: getattr(v, k2) for k2 in ("lexical", "quantities", "cue", "judged", "coherent")},
                                grounded=v.grounded, keep=v.keep)
                 else:
                     rec["keep"] = correct
@@ -140,8 +144,7 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
                 kept.append({"item_index": i, "source": "reference", "target": f"{g.reference}{THINK_CLOSE}{g.reply}"})
         stats = _chain_stats(records, kept)
         write_json(chains_path, {"stats": stats, "kept": kept, "chains": records})
-    items = sound_items(cfg.seed, cfg.data.tasks, cfg.data.items_per_task, False, f"distill{r}")
-    items += text_items(cfg.seed, cfg.data.text_items, False, f"distill{r}")
+    items = _distill_items(cfg, r)
     examples = []
     for k in kept:
         g = items[k["item_index"]]
@@ -151,6 +154,11 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
         raise RuntimeError(f"distillation round {r} kept no chain (see {chains_path})")
     sft(policy, cfg, examples, folder, f"SFT round {r}", progress)
     return json.loads(chains_path.read_text())["stats"]
+
+
+def _distill_items(cfg: MGRDConfig, r: int) -> list[GroundedItem]:
+    return training_items(cfg, cfg.data.items_per_task, f"distill{r}") + text_items(cfg.seed, cfg.data.text_items,
+                                                                                      False, f"distill{r}")
 
 
 def _chain_stats(records: list[dict], kept: list[dict]) -> dict:
@@ -166,6 +174,7 @@ def _chain_stats(records: list[dict], kept: list[dict]) -> dict:
     return {"audio_chains": len(audio), "correct": len(correct), "grounded": sum(x["grounded"] for x in audio),
             "grounded_share_of_correct": (sum(x["grounded"] for x in correct) / len(correct)) if correct else None,
             "lexical_pass": sum(x["lexical"] for x in audio), "quantity_pass": sum(x["quantities"] for x in audio),
+            "cue_pass": sum(x["cue"] for x in audio),
             "kept_self_audio": sum(x["keep"] for x in audio),
             "kept_text": sum(x["keep"] for x in records if "grounded" not in x),
             "reference_chains": sum(k["source"] == "reference" for k in kept), "by_task": by_task}
@@ -193,8 +202,7 @@ def difficulty_filter(policy: Policy, cfg: MGRDConfig, r: int, folder: Path) -> 
     rl = cfg.rl
     path = folder / "filter.json"
     per_task = max(1, math.ceil(rl.filter_pool / (len(cfg.data.tasks) + 1)))
-    items = sound_items(cfg.seed, cfg.data.tasks, per_task, False, f"rl{r}") + text_items(cfg.seed, per_task, False,
-                                                                                           f"rl{r}")
+    items = training_items(cfg, per_task, f"rl{r}") + text_items(cfg.seed, per_task, False, f"rl{r}")
     if not path.is_file():
         params = SamplingParams(n=rl.filter_samples, temperature=rl.temperature, max_tokens=rl.max_tokens,
                                 seed=cfg.seed + 100 + r)
@@ -271,7 +279,7 @@ def _prepare(policy: Policy, g: GroundedItem):
 # ---------------------------------------------------------------- self-cognition DPO
 
 def _probe_items(cfg: MGRDConfig, n: int, tag: str) -> list[GroundedItem]:
-    items = sound_items(cfg.seed, cfg.data.tasks, max(1, math.ceil(n / len(cfg.data.tasks))), False, tag)[:n]
+    items = training_items(cfg, max(1, math.ceil(n / len(cfg.data.tasks))), tag)[:n]
     return [GroundedItem(replace(g.item, question=PROBE_QUESTIONS[i % len(PROBE_QUESTIONS)], style="short", choices=()),
                          g.clips, g.reference, g.reply) for i, g in enumerate(items)]
 
@@ -293,6 +301,10 @@ def dpo(policy: Policy, cfg: MGRDConfig, folder: Path, progress: bool = True) ->
     if not before_path.is_file():
         rate, rows = denial_rate(policy, cfg)
         write_json(before_path, {"denial_rate": rate, "replies": rows})
+    rate_before = json.loads(before_path.read_text())["denial_rate"]
+    if rate_before == 0 and p.skip_without_denials:
+        return {"denial_rate_before": 0.0, "denial_rate_after": 0.0, "pairs": 0, "self_rejected": 0,
+                "skipped": "no probe reply denies hearing (dpo.skip_without_denials)"}
     items = _probe_items(cfg, p.pairs, "dpo")
     pairs_path = folder / "pairs.json"
     if not pairs_path.is_file():
@@ -346,5 +358,5 @@ def dpo(policy: Policy, cfg: MGRDConfig, folder: Path, progress: bool = True) ->
     train_steps(policy, step_loss, p.steps, folder, "self-cognition DPO", cfg.save_every, 0, progress)
     rate_after, rows_after = denial_rate(policy, cfg)
     write_json(folder / "after.json", {"denial_rate": rate_after, "replies": rows_after})
-    return {"denial_rate_before": json.loads(before_path.read_text())["denial_rate"], "denial_rate_after": rate_after,
+    return {"denial_rate_before": rate_before, "denial_rate_after": rate_after,
             "pairs": len(pairs), "self_rejected": sum(x["self_rejected"] for x in pairs)}
