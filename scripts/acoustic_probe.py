@@ -5,7 +5,7 @@ trained on pairs in the training frequency range (sine/square, 250-1200 Hz), tes
 the held-out range (triangle, 1300-2200 Hz). A task whose held-out probe is near chance cannot be expected to
 transfer by more SFT of the decoder; docs/MGRD.md reports the figures.
 
-    .venv/bin/python scripts/acoustic_probe.py [--model DIR] [--pairs 300] [--tests 100]
+    .venv/bin/python scripts/acoustic_probe.py [--model DIR] [--pairs 300] [--tests 100] [--pitch-bands]
 """
 
 from __future__ import annotations
@@ -59,17 +59,48 @@ def pair_feature(model, task: str, heldout: bool, layer: str, rng: np.random.Gen
         total, mid = LEAD + SWEEP + TAIL, LEAD + SWEEP / 2
         return span(x, LEAD, mid, total) - span(x, mid, LEAD + SWEEP, total), rising
     if task == "higher":
-        f1 = rng.uniform(lo, hi)
-        f2 = np.clip(f1 * (1 + rng.choice([-1, 1]) * rng.uniform(0.15, 0.6)), lo * 0.8, hi * 1.2)
-        a, b, label = tone(f1, TONE, -6, wave), tone(f2, TONE, -6, wave), f1 > f2
-    else:
-        f = rng.uniform(lo, hi)
-        l1 = rng.uniform(-20, -3)
-        l2 = np.clip(l1 + rng.choice([-1, 1]) * rng.uniform(8, 18), -26, -1)
-        a, b, label = tone(f, TONE, l1, wave), tone(f, TONE, l2, wave), l1 > l2
+        return pitch_pair(model, [(lo, hi)], [wave], layer, rng)
+    f = rng.uniform(lo, hi)
+    l1 = rng.uniform(-20, -3)
+    l2 = np.clip(l1 + rng.choice([-1, 1]) * rng.uniform(8, 18), -26, -1)
+    return two_tones(model, tone(f, TONE, l1, wave), tone(f, TONE, l2, wave), layer, rng), bool(l1 > l2)
+
+
+def two_tones(model, a: np.ndarray, b: np.ndarray, layer: str, rng: np.random.Generator) -> np.ndarray:
+    """The first tone's mean features minus the second's, for the clip `a`, gap, `b`."""
     x = frames(model, np.concatenate([silence(LEAD), a, silence(GAP), b, silence(TAIL)]), layer, rng)
     total = LEAD + 2 * TONE + GAP + TAIL
-    return span(x, LEAD, LEAD + TONE, total) - span(x, LEAD + TONE + GAP, LEAD + 2 * TONE + GAP, total), bool(label)
+    return span(x, LEAD, LEAD + TONE, total) - span(x, LEAD + TONE + GAP, LEAD + 2 * TONE + GAP, total)
+
+
+def pitch_pair(model, bands: list[tuple[float, float]], waves: list[str], layer: str,
+               rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """A pitch-order pair drawn as `sounds.higher_item` draws one, in one of `bands`, with one of `waves`."""
+    lo, hi = bands[0] if len(bands) == 1 else bands[int(rng.integers(len(bands)))]
+    wave = waves[0] if len(waves) == 1 else str(rng.choice(waves))
+    f1 = rng.uniform(lo, hi)
+    f2 = np.clip(f1 * (1 + rng.choice([-1, 1]) * rng.uniform(0.15, 0.6)), lo * 0.8, hi * 1.2)
+    return two_tones(model, tone(f1, TONE, -6, wave), tone(f2, TONE, -6, wave), layer, rng), bool(f1 > f2)
+
+
+# --pitch-bands: where the probe is trained, and where it is tested (the held-out items are triangles).
+TRAIN_CHOICES = {"250-1200 (training range)": [_TRAIN_FREQ],
+                 "250-1200 + 2800-3600 (both sides)": [_TRAIN_FREQ, (2800.0, 3600.0)],
+                 "1300-2200 sine/square (in band)": [_HELDOUT_FREQ]}
+TESTS = {"1300-2200 triangle": ([_HELDOUT_FREQ], ["triangle"]), "250-1200 triangle": ([_TRAIN_FREQ], ["triangle"])}
+
+
+def pitch_band_study(model, pairs: int, tests: int, rng: np.random.Generator) -> None:
+    """Is pitch order read the same way in every frequency band? (Trained on one band set, tested on others.)"""
+    print(f"pitch order on the encoder; probe trained on -> {' | '.join(TESTS)}  (chance 0.50)")
+    for name, bands in TRAIN_CHOICES.items():
+        def draw(n: int, bands=bands, waves=("sine", "square")) -> tuple[np.ndarray, np.ndarray]:
+            rows = [pitch_pair(model, bands, list(waves), "encoder", rng) for _ in range(n)]
+            return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows])
+
+        predict = fit_probe(*draw(pairs))
+        scores = [float((predict(x) == y).mean()) for x, y in (draw(tests, b, w) for b, w in TESTS.values())]
+        print(f"{name:36s} " + " | ".join(f"{v:.2f}" for v in scores), flush=True)
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, l2: float = 1e-2):
@@ -96,6 +127,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=300, help="training pairs per task")
     parser.add_argument("--tests", type=int, default=100, help="test pairs per task and range")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pitch-bands", action="store_true",
+                        help="instead: pitch order trained on other frequency bands (both sides of, or inside, the "
+                             "held-out one), tested on the held-out triangles")
     args = parser.parse_args()
     if args.pairs < 10 or args.tests < 1:
         parser.error("--pairs must be at least 10 and --tests at least 1")
@@ -103,6 +137,8 @@ def main() -> None:
         parser.error(f"--model {args.model}: no config.json there")
     model = load_model(args.model)
     rng = np.random.default_rng(args.seed)
+    if args.pitch_bands:
+        return pitch_band_study(model, args.pairs, args.tests, rng)
     print("layer    task       training range  held-out range   (probe accuracy; chance 0.50)")
     for layer in ("encoder", "adaptor"):
         for task in ("higher", "louder", "direction"):

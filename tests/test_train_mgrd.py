@@ -131,6 +131,24 @@ def test_a_chain_must_cite_the_cue_its_answer_depends_on():
             assert not grounding.cites_task_cue(g.task, g.reply), g.reply
 
 
+def test_a_chain_whose_numbers_contradict_its_answer_is_not_kept():
+    truth = "Both tones are about 1137 Hz. The first peaks near -19 dB and the second near -13 dB, so the second is louder."
+    chain = "Both tones are about 1137 Hz. The first peaks near -19 dB and the second near -13 dB, so the {} is louder."
+    wrong = grounding.check_chain(chain.format("first"), "The first is louder.", True, truth, "Which?", task="louder")
+    assert wrong.quantities and wrong.cue and not wrong.consistent and not wrong.keep
+    assert grounding.check_chain(chain.format("second"), "The second.", True, truth, "Which?", task="louder").keep
+    assert not grounding.numbers_lead_to_answer("direction", "It starts near 1500 Hz and ends near 800 Hz.", "Rising.")
+    assert grounding.numbers_lead_to_answer("direction", "It starts near 1500 Hz and ends near 800 Hz.", "Falling.")
+    assert not grounding.numbers_lead_to_answer("higher", "The first is about 1.2 kHz, the second 1500 Hz.", "The first")
+    assert grounding.numbers_lead_to_answer("higher", "One tone at 900 Hz.", "The first")  # one number: nothing to order
+    for g in sound_items(6, ("higher", "louder", "direction"), 6, False, "order"):
+        assert grounding.numbers_lead_to_answer(g.task, g.reference, g.reply), (g.reference, g.reply)
+        other = g.reply.replace("first", "second") if "first" in g.reply else g.reply.replace("second", "first")
+        if g.task == "direction":
+            other = g.reply.replace("rising", "falling") if "rising" in g.reply else g.reply.replace("falling", "rising")
+        assert other != g.reply and not grounding.numbers_lead_to_answer(g.task, g.reference, other), (g.reference, other)
+
+
 def test_rubric_verdicts_parse_and_the_judge_talks_to_an_openai_server(tiny_dir):  # noqa: F811
     from server_fixtures import ENGINE_OPTIONS, MODEL, running_server
     from stepaudio.engine.llm import LLM

@@ -7,6 +7,7 @@ judge nor a detector (training_realtime_eval.md §1.4). Here, cheapest first:
 - quantities: every frequency, level and duration a chain states must match one the generator used (the
   model at chance invents "1031 Hz" for a 2069 Hz tone: that chain is rejected even when the answer is right);
 - task cue: the chain cites what its task's answer depends on (a level for loudness, a frequency for pitch);
+- consistency: the numbers a comparison chain states order the tones as its answer does;
 - rubric judge: any OpenAI-compatible chat model answers GROUNDED/SURROGATE and COHERENT/INCOHERENT.
 """
 
@@ -65,6 +66,31 @@ def cites_task_cue(task: str | None, text: str) -> bool:
     """The chain names the cue its task's answer depends on (`TASK_CUES`; True for tasks without one)."""
     cues = TASK_CUES.get(task or "")
     return cues is None or any(w in cues for w in _WORD.findall(text.lower()))
+
+
+# The unit whose first two stated values order a comparison task's answer (a sweep: its start and its end).
+_ORDER_UNIT = {"higher": "hz", "louder": "db", "direction": "hz"}
+
+
+def numbers_lead_to_answer(task: str | None, reasoning: str, answer: str | None) -> bool:
+    """The chain's own numbers agree with its answer: for pitch and loudness the first two stated values of
+    the cue's unit order the tones as the answer does ("-19 dB then -13 dB, so the first is louder" does not);
+    for a sweep, the start and end frequencies rise or fall as the answer says. Chains with fewer than two
+    such values, answers that name neither side, and other tasks pass."""
+    unit = _ORDER_UNIT.get(task or "")
+    values = quantities(reasoning)[unit] if unit else []
+    if len(values) < 2 or values[0] == values[1]:
+        return True
+    words = set(_WORD.findall((answer or "").lower()))
+    if task == "direction":
+        claims = ({"rising", "rises", "up"} & words, {"falling", "falls", "down"} & words)
+        stated_first = values[1] > values[0]  # rising
+    else:
+        claims = ({"first"} & words, {"second"} & words)
+        stated_first = values[0] > values[1]  # levels are read as negative dB: the larger is the louder
+    if bool(claims[0]) == bool(claims[1]):
+        return True
+    return stated_first == bool(claims[0])
 
 
 def claims_no_hearing(text: str) -> bool:
@@ -152,6 +178,7 @@ class ChainVerdict:
     judged: bool | None       # None: no judge configured
     coherent: bool | None
     cue: bool = True          # cites the cue its task's answer depends on
+    consistent: bool = True   # its own numbers lead to its answer
 
     @property
     def grounded(self) -> bool:
@@ -159,7 +186,7 @@ class ChainVerdict:
 
     @property
     def keep(self) -> bool:
-        return self.correct and self.grounded and self.coherent is not False
+        return self.correct and self.grounded and self.consistent and self.coherent is not False
 
 
 def check_chain(reasoning: str, answer: str | None, correct: bool, truth: str, question: str,
@@ -170,7 +197,8 @@ def check_chain(reasoning: str, answer: str | None, correct: bool, truth: str, q
     lexical = lexically_grounded(reasoning, min_terms)
     agree = quantities_agree(reasoning, truth, tol)
     cue = cites_task_cue(task, reasoning)
+    consistent = numbers_lead_to_answer(task, reasoning, answer)
     judged = coherent = None
-    if judge is not None and correct and lexical and agree and cue:
+    if judge is not None and correct and lexical and agree and cue and consistent:
         judged, coherent = judge.verdict(question, reasoning, answer or "")
-    return ChainVerdict(correct, lexical, agree, judged, coherent, cue)
+    return ChainVerdict(correct, lexical, agree, judged, coherent, cue, consistent)

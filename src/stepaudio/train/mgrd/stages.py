@@ -131,7 +131,8 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
                 if g.is_audio:
                     v = check_chain(c["reasoning"], c["answer"], correct, g.reference, g.item.question,
                                     d.min_acoustic_terms, tol, judge, g.task)
-                    rec.update({k2: getattr(v, k2) for k2 in ("lexical", "quantities", "cue", "judged", "coherent")},
+                    rec.update({k2: getattr(v, k2) for k2 in ("lexical", "quantities", "cue", "consistent", "judged",
+                                                              "coherent")},
                                grounded=v.grounded, keep=v.keep)
                 else:
                     rec["keep"] = correct
@@ -174,7 +175,7 @@ def _chain_stats(records: list[dict], kept: list[dict]) -> dict:
     return {"audio_chains": len(audio), "correct": len(correct), "grounded": sum(x["grounded"] for x in audio),
             "grounded_share_of_correct": (sum(x["grounded"] for x in correct) / len(correct)) if correct else None,
             "lexical_pass": sum(x["lexical"] for x in audio), "quantity_pass": sum(x["quantities"] for x in audio),
-            "cue_pass": sum(x["cue"] for x in audio),
+            "cue_pass": sum(x["cue"] for x in audio), "consistent_pass": sum(x["consistent"] for x in audio),
             "kept_self_audio": sum(x["keep"] for x in audio),
             "kept_text": sum(x["keep"] for x in records if "grounded" not in x),
             "reference_chains": sum(k["source"] == "reference" for k in kept), "by_task": by_task}
