@@ -68,6 +68,25 @@ def test_every_answer_is_what_the_audio_measures(heldout):
     assert all((f > 1250) == heldout for f in firsts), firsts
 
 
+def test_varied_phrasings_ask_training_items_in_many_ways_and_never_in_a_held_out_one():
+    from stepaudio.train.mgrd.phrasings import BANK
+
+    tasks = tuple(BANK)
+    plain = sound_items(2, tasks, 40, False, "phr")
+    varied = sound_items(2, tasks, 40, False, "phr", "varied")
+    assert all(np.array_equal(a.clips[0], b.clips[0]) and a.item.answer == b.item.answer
+               and a.item.choices == b.item.choices for a, b in zip(plain, varied))  # the same clips, answers
+    for task in tasks:
+        asked = {g.item.question for g in varied if g.task == task}
+        assert asked <= set(BANK[task]) and len(asked) >= 6, asked
+        assert len({g.item.question for g in plain if g.task == task}) <= 2
+    held = {g.item.question for g in sound_items(2, tasks, 40, True, "phr", "varied")}
+    assert held == {g.item.question for g in sound_items(2, tasks, 40, True, "phr")}  # held-out items keep theirs
+    assert not held & {q for bank in BANK.values() for q in bank}
+    (t,) = sound_items(2, ("count",), 1, False, "phr", "varied")  # a task without a bank keeps its question
+    assert t.item.question == sound_items(2, ("count",), 1, False, "phr")[0].item.question
+
+
 def test_item_sets_do_not_overlap_and_text_items_score():
     a = sound_items(0, ("higher",), 4, False, "distill0")
     b = sound_items(0, ("higher",), 4, False, "distill1")
@@ -396,6 +415,9 @@ def test_config_files_in_three_formats_and_clear_errors(tmp_path):
     (tmp_path / "bad2.toml").write_text('out = "r"\n[data]\ntasks = ["pitchh"]\n')
     with pytest.raises(ValueError, match="unknown task 'pitchh'"):
         load_config(tmp_path / "bad2.toml")
+    (tmp_path / "bad4.toml").write_text('out = "r"\n[data]\nphrasings = "many"\n')
+    with pytest.raises(ValueError, match="data.phrasings must be one of generator, varied, not 'many'"):
+        load_config(tmp_path / "bad4.toml")
     (tmp_path / "bad3.toml").write_text('out = "r"\nparallel = "zero"\n')
     with pytest.raises(ValueError, match="parallel must be one of ddp, fsdp, not 'zero'"):
         load_config(tmp_path / "bad3.toml")

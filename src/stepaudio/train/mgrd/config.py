@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from ..device import check_device_choice
+from .phrasings import PHRASINGS
 from .tasks import TASKS
 
 ESTIMATORS = ("grpo", "rloo", "mean")
@@ -30,6 +31,9 @@ class DataConfig:
     items_per_task: int = 16         # training items per task and self-distillation round
     text_items: int = 8              # arithmetic questions: text reasoning is kept (Eq. 5)
     heldout_per_task: int = 20       # evaluation items per task (held-out frequencies and waveforms)
+    # How training items are asked: "generator" (each task's two phrasings) or "varied" (eight per comparison
+    # task, `train/mgrd/phrasings.py`; the clips are the same). Held-out items keep their own phrasings.
+    phrasings: str = "generator"
 
 
 @dataclass
@@ -134,6 +138,8 @@ class MGRDConfig:
             raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
         if self.rl.estimator not in ESTIMATORS:
             raise ValueError(f"rl.estimator must be one of {', '.join(ESTIMATORS)}, not {self.rl.estimator!r}")
+        if self.data.phrasings not in PHRASINGS:
+            raise ValueError(f"data.phrasings must be one of {', '.join(PHRASINGS)}, not {self.data.phrasings!r}")
         check_parallel(self.parallel)
         check_device_choice(self.device)
         if self.rl.kl != 0:

@@ -79,7 +79,7 @@ def heldout(cfg: MGRDConfig) -> list[GroundedItem]:
 
 def training_items(cfg: MGRDConfig, per_task: int, tag: str) -> list[GroundedItem]:
     """Training sound items of the run's tasks."""
-    return sound_items(cfg.seed, cfg.data.tasks, per_task, False, tag)
+    return sound_items(cfg.seed, cfg.data.tasks, per_task, False, tag, cfg.data.phrasings)
 
 
 def evaluate(policy: Policy, cfg: MGRDConfig, folder: Path, progress: bool = True) -> dict:

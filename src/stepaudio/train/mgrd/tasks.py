@@ -10,7 +10,7 @@ ground truth the quantity check compares chains with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from .. import sounds
 from ..sounds import SAMPLE_RATE, SoundItem
 from . import perception, spoken_style
 from .perception import PerceptionItem
+from .phrasings import varied_question
 
 TEXT_TASK = "arithmetic"
 # The order fixes each task's item seeds: `train.sounds`' five first, as before, new tasks after them.
@@ -74,13 +75,20 @@ def _from_sound(sound: SoundItem | PerceptionItem, item_id: str, rng: np.random.
     return GroundedItem(item, (sound.wav,), sound.reasoning, sound_reply(sound))
 
 
-def sound_items(seed: int, tasks: tuple[str, ...], per_task: int, heldout: bool, tag: str) -> list[GroundedItem]:
-    """`per_task` items of each task; each item seeded by (seed, tag, task, index) so sets never overlap."""
+def sound_items(seed: int, tasks: tuple[str, ...], per_task: int, heldout: bool, tag: str,
+                phrasings: str = "generator") -> list[GroundedItem]:
+    """`per_task` items of each task; each item seeded by (seed, tag, task, index) so sets never overlap.
+    `phrasings="varied"` asks training items in one of `phrasings.BANK`'s phrasings (held-out items keep
+    theirs)."""
     out = []
     for task in tasks:
         for i in range(per_task):
-            rng = np.random.default_rng([seed, sum(tag.encode()), len(tag), list(MAKERS).index(task), i])
-            out.append(_from_sound(MAKERS[task](rng, heldout), f"{tag}-{task}-{i:04d}", rng))
+            key = [seed, sum(tag.encode()), len(tag), list(MAKERS).index(task), i]
+            rng = np.random.default_rng(key)
+            g = _from_sound(MAKERS[task](rng, heldout), f"{tag}-{task}-{i:04d}", rng)
+            if phrasings == "varied" and not heldout:
+                g = replace(g, item=replace(g.item, question=varied_question(task, g.item.question, key + [7])))
+            out.append(g)
     return out
 
 
