@@ -299,10 +299,11 @@ def dpo(policy: Policy, cfg: MGRDConfig, folder: Path, progress: bool = True) ->
     hear (self-sampled when the model wrote one, else the fixed denial)."""
     p = cfg.dpo
     before_path = folder / "before.json"
-    if not before_path.is_file():
-        rate, rows = denial_rate(policy, cfg)
-        write_json(before_path, {"denial_rate": rate, "replies": rows})
-    rate_before = json.loads(before_path.read_text())["denial_rate"]
+    if before_path.is_file():
+        rate_before = json.loads(before_path.read_text())["denial_rate"]
+    else:  # every rank measures (the replies are gathered), so none reads the file before rank 0 writes it
+        rate_before, rows = denial_rate(policy, cfg)
+        write_json(before_path, {"denial_rate": rate_before, "replies": rows})
     if rate_before == 0 and p.skip_without_denials:
         return {"denial_rate_before": 0.0, "denial_rate_after": 0.0, "pairs": 0, "self_rejected": 0,
                 "skipped": "no probe reply denies hearing (dpo.skip_without_denials)"}
