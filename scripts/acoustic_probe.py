@@ -76,6 +76,7 @@ def two_tones(model, a: np.ndarray, b: np.ndarray, layer: str, rng: np.random.Ge
 def pitch_pair(model, bands: list[tuple[float, float]], waves: list[str], layer: str,
                rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     """A pitch-order pair drawn as `sounds.higher_item` draws one, in one of `bands`, with one of `waves`."""
+    # one band or wave: no draw, so the default rows keep the random stream they always had
     lo, hi = bands[0] if len(bands) == 1 else bands[int(rng.integers(len(bands)))]
     wave = waves[0] if len(waves) == 1 else str(rng.choice(waves))
     f1 = rng.uniform(lo, hi)

@@ -192,8 +192,8 @@ class ChainVerdict:
 def check_chain(reasoning: str, answer: str | None, correct: bool, truth: str, question: str,
                 min_terms: int = 2, tol: Tolerances = Tolerances(), judge: RubricJudge | None = None,
                 task: str | None = None) -> ChainVerdict:
-    """Every filter (the task cue only where `task` is given); the judge is asked only about chains the cheap
-    checks kept."""
+    """Every filter (the task cue and consistency only where `task` is given); the judge is asked only about
+    chains the cheap checks kept."""
     lexical = lexically_grounded(reasoning, min_terms)
     agree = quantities_agree(reasoning, truth, tol)
     cue = cites_task_cue(task, reasoning)

@@ -112,10 +112,10 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
     """Sample K chains per item, keep the correct, grounded, coherent ones, then SFT on them + text items."""
     d = cfg.distill
     chains_path = folder / "chains.json"
+    items = _distill_items(cfg, r)
     if chains_path.is_file():
         kept = json.loads(chains_path.read_text())["kept"]
     else:
-        items = _distill_items(cfg, r)
         params = SamplingParams(n=d.chains, temperature=d.temperature, max_tokens=d.max_tokens, seed=cfg.seed + r)
         results = _generate(_sampler(policy, cfg), items, params, desc=f"distill round {r}: sampling")
         judge = RubricJudge(d.judge_url, d.judge_model) if d.judge_url else None
@@ -145,7 +145,6 @@ def distill_round(policy: Policy, cfg: MGRDConfig, r: int, folder: Path, progres
                 kept.append({"item_index": i, "source": "reference", "target": f"{g.reference}{THINK_CLOSE}{g.reply}"})
         stats = _chain_stats(records, kept)
         write_json(chains_path, {"stats": stats, "kept": kept, "chains": records})
-    items = _distill_items(cfg, r)
     examples = []
     for k in kept:
         g = items[k["item_index"]]
